@@ -1,0 +1,173 @@
+"""Build MONAI datalists (``{"training": [{"image", "label"}, ...], ...}``) from the folder layouts users have.
+
+Accepted inputs for ``dataset_dir``:
+
+* the Kaggle "Chest Xray Masks and Labels" layout (``CXR_png/`` + ``masks/``, possibly under ``Lung Segmentation/``):
+  Shenzhen masks are named ``<image>_mask.png``, Montgomery masks have the image's own name; all 704 pairs are found,
+  images without a mask (and masks without an image) are listed as unpaired, the ``test/`` folder as unlabelled;
+* plain ``images/`` + ``masks/`` (or ``labels/``) folders with the same file names (``_mask`` suffix also accepted);
+* a datalist JSON file in MONAI's decathlon format (paths relative to the file); a ``validation`` list in it is kept,
+  otherwise one is split off ``training``;
+* nothing (``""``/``None``): the synthetic default set is generated (see :mod:`scripts.synthetic`).
+
+Splits are seeded and stable: a case's split depends only on the seed and the sorted list of cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+from .synthetic import generate_synthetic_dataset
+
+__all__ = ["find_pairs", "split_cases", "prepare_datalist"]
+
+logger = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
+_IMAGE_DIRS = ("CXR_png", "images", "image", "imgs")
+_MASK_DIRS = ("masks", "mask", "labels", "label")
+_MASK_SUFFIXES = ("_mask", "")
+
+
+def _stem(name: str) -> str:
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _image_files(folder: str) -> list[str]:
+    return sorted(
+        f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+    ) if os.path.isdir(folder) else []
+
+
+def _find_layout_root(dataset_dir: str) -> tuple[str, str]:
+    """Return ``(image_dir, mask_dir)``, looking one level down too (Kaggle unpacks to ``Lung Segmentation/``)."""
+    candidates = [dataset_dir] + sorted(
+        os.path.join(dataset_dir, d) for d in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, d))
+    )
+    for root in candidates:
+        image_dir = next((os.path.join(root, d) for d in _IMAGE_DIRS if os.path.isdir(os.path.join(root, d))), None)
+        mask_dir = next((os.path.join(root, d) for d in _MASK_DIRS if os.path.isdir(os.path.join(root, d))), None)
+        if image_dir and mask_dir:
+            return image_dir, mask_dir
+    raise FileNotFoundError(
+        f"{dataset_dir}: no image and mask folders found. Expected the Kaggle layout (CXR_png/ + masks/), "
+        "images/ + masks/ with the same file names, or a datalist JSON file."
+    )
+
+
+def find_pairs(dataset_dir: str) -> dict[str, list]:
+    """Pair images with their masks in ``dataset_dir``.
+
+    Returns:
+        ``{"pairs": [{"image", "label"}], "unpaired_images": [...], "unpaired_masks": [...], "unlabelled": [...]}``
+        with absolute paths, sorted by image name. ``unlabelled`` holds the Kaggle ``test/`` images.
+    """
+    image_dir, mask_dir = _find_layout_root(dataset_dir)
+    masks = {_stem(f): f for f in _image_files(mask_dir)}
+    used_masks: set[str] = set()
+    pairs, unpaired_images = [], []
+    for name in _image_files(image_dir):
+        stem = _stem(name)
+        mask = next((masks[stem + s] for s in _MASK_SUFFIXES if stem + s in masks), None)
+        if mask is None:
+            unpaired_images.append(os.path.join(image_dir, name))
+            continue
+        used_masks.add(mask)
+        pairs.append({"image": os.path.join(image_dir, name), "label": os.path.join(mask_dir, mask)})
+    unpaired_masks = [os.path.join(mask_dir, m) for m in sorted(set(masks.values()) - used_masks)]
+    test_dir = os.path.join(os.path.dirname(image_dir), "test")
+    unlabelled = [os.path.join(test_dir, f) for f in _image_files(test_dir)]
+    return {
+        "pairs": pairs,
+        "unpaired_images": unpaired_images,
+        "unpaired_masks": unpaired_masks,
+        "unlabelled": unlabelled,
+    }
+
+
+def split_cases(cases: list, val_fraction: float = 0.2, test_fraction: float = 0.1, seed: int = 0) -> dict[str, list]:
+    """Shuffle ``cases`` with ``seed`` and cut them into training, validation and test lists.
+
+    At least one case goes to validation whenever there are two or more cases and ``val_fraction > 0``.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"invalid split fractions: validation {val_fraction}, test {test_fraction}.")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = max(1, round(len(cases) * val_fraction)) if val_fraction > 0 and len(cases) > 1 else 0
+    n_test = round(len(cases) * test_fraction)
+    shuffled = [cases[i] for i in order]
+    return {
+        "validation": shuffled[:n_val],
+        "test": shuffled[n_val : n_val + n_test],
+        "training": shuffled[n_val + n_test :],
+    }
+
+
+def _from_datalist_file(path: str, val_fraction: float, seed: int) -> dict[str, list]:
+    with open(path) as f:
+        keys = json.load(f).keys()
+    lists = {k: load_decathlon_datalist(path, is_segmentation=True, data_list_key=k) for k in keys
+             if k in ("training", "validation", "test")}
+    if "training" not in lists:
+        raise ValueError(f"{path}: a datalist needs a 'training' list of {{'image', 'label'}} items.")
+    if "validation" not in lists:
+        split = split_cases(lists["training"], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+        lists["training"], lists["validation"] = split["training"], split["validation"]
+    lists.setdefault("test", [])
+    return lists
+
+
+def prepare_datalist(
+    dataset_dir: str | None,
+    output_file: str | None = None,
+    synthetic_dir: str = "./data/synthetic",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, list]:
+    """Make the datalist the training and evaluation configs use, and optionally write it as JSON.
+
+    Args:
+        dataset_dir: a data folder, a datalist JSON file, or ``""``/``None`` for the synthetic default set.
+        output_file: where to write the datalist JSON (folders created); ``None`` to skip.
+        synthetic_dir: where the synthetic default set is generated when ``dataset_dir`` is empty.
+        val_fraction: fraction of labelled cases for validation.
+        test_fraction: fraction of labelled cases held out for testing (``evaluate.json``).
+        seed: split seed.
+
+    Returns:
+        ``{"training", "validation", "test", "unpaired_images", "unpaired_masks", "unlabelled"}`` lists.
+    """
+    if not dataset_dir:
+        dataset_dir = generate_synthetic_dataset(synthetic_dir)
+    dataset_dir = os.path.abspath(os.path.expanduser(str(dataset_dir)))
+    if os.path.isfile(dataset_dir):
+        datalist = _from_datalist_file(dataset_dir, val_fraction, seed)
+        datalist.update(unpaired_images=[], unpaired_masks=[], unlabelled=[])
+    elif os.path.isdir(dataset_dir):
+        found = find_pairs(dataset_dir)
+        if not found["pairs"]:
+            raise FileNotFoundError(f"{dataset_dir}: no image/mask pairs found.")
+        datalist = split_cases(found["pairs"], val_fraction, test_fraction, seed)
+        datalist.update({k: v for k, v in found.items() if k != "pairs"})
+    else:
+        raise FileNotFoundError(f"dataset_dir does not exist: {dataset_dir}")
+    logger.info(
+        "datalist from %s: %d training, %d validation, %d test; %d images without mask, %d masks without image, "
+        "%d unlabelled", dataset_dir, *(len(datalist[k]) for k in ("training", "validation", "test",
+                                                                    "unpaired_images", "unpaired_masks", "unlabelled")),
+    )
+    for path in datalist["unpaired_images"][:20] + datalist["unpaired_masks"][:20]:
+        logger.info("unpaired: %s", path)
+    if output_file:
+        os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+        with open(output_file, "w") as f:
+            json.dump(datalist, f, indent=2)
+    return datalist

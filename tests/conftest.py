@@ -1,0 +1,43 @@
+"""Shared test fixtures: the bundle folder on sys.path, real-data location, and a runner for `monai.bundle`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "cxr-real-sample"
+SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+
+if str(BUNDLE) not in sys.path:
+    sys.path.insert(0, str(BUNDLE))
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    """The 37 real radiographs with masks beside the repository; tests using it skip when it is absent."""
+    if not (REAL_SAMPLE / "images").is_dir():
+        pytest.skip(f"real sample not found at {REAL_SAMPLE}")
+    return REAL_SAMPLE
+
+
+def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>`` in the bundle folder as a user would; fail with its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
