@@ -41,3 +41,27 @@ def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subpr
         raise AssertionError(f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def train_tiny_model(workdir: Path, num_cases: int = 24, image_size: int = 96, epochs: int = 12, extra=()) -> dict:
+    """Train the real FCN through ``monai.bundle run training`` on a small synthetic set; return paths and log."""
+    from scripts.synthetic import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(str(workdir / "data"), num_cases=num_cases, seed=100)
+    proc = run_bundle(
+        "run", "training", "--config_file", "configs/train.json",
+        "--dataset_dir", data,
+        "--ckpt_dir", str(workdir / "models"),
+        "--output_dir", str(workdir / "eval"),
+        "--image_size", f"[{image_size},{image_size}]",
+        "--max_epochs", str(epochs),
+        "--num_workers", "0",
+        *extra,
+    )
+    return {"models": workdir / "models", "eval": workdir / "eval", "data": Path(data), "log": proc.stdout + proc.stderr}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> dict:
+    """A real FCN trained for a few epochs on synthetic data (shared by the tests that need sensible masks)."""
+    return train_tiny_model(tmp_path_factory.mktemp("trained"))

@@ -95,7 +95,7 @@ def generate_synthetic_dataset(output_dir: str, num_cases: int = 40, seed: int =
         with open(manifest_path) as f:
             if json.load(f) == manifest:
                 return output_dir
-    logger.warning("No --dataset_dir given: generating %d SYNTHETIC chest-X-ray-like cases in %s. They are not "
+    logger.warning("Generating %d SYNTHETIC chest-X-ray-like cases in %s. They are not "
                    "radiographs; a model trained on them is only a demonstration.", num_cases, output_dir)
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)

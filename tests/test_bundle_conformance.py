@@ -1,0 +1,37 @@
+"""MONAI bundle checks users and the model zoo run: metadata schema, network in/out shapes, TorchScript export."""
+
+import pytest
+import torch
+from conftest import BUNDLE, SCHEMA, run_bundle
+
+
+def test_metadata_verifies_against_monai_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema not found at {SCHEMA}")
+    proc = run_bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config", ["train.json"])
+def test_network_input_output_shapes_verify(config):
+    proc = run_bundle(
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", f"configs/{config}"
+    )
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
+    from scripts.network import VGG16FCN
+
+    torch.manual_seed(0)
+    net = VGG16FCN().eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    run_bundle(
+        "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
+        str(tmp_path / "model.pt"), "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json",
+    )
+    scripted = torch.jit.load(tmp_path / "model.ts")
+    x = torch.rand(1, 1, 120, 90)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+    assert (BUNDLE / "configs" / "metadata.json").is_file()
