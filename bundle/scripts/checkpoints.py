@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 
 __all__ = ["latest_checkpoint"]
 
 
 def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_epoch=*.pt") -> str:
-    """Return the path of the highest-epoch checkpoint written by the training's interval ``CheckpointSaver``.
+    """Return the most recently written checkpoint of the training's interval ``CheckpointSaver``.
+
+    The newest file, not the highest epoch number: a fresh run in a folder that still holds an older run's
+    ``checkpoint_epoch=10.pt`` must resume from its own ``checkpoint_epoch=3.pt``.
 
     Raises:
         FileNotFoundError: no checkpoint to resume from, with what to do instead.
     """
-    def epoch(path: str) -> int:
-        match = re.search(r"epoch=(\d+)", os.path.basename(path))
-        return int(match.group(1)) if match else -1
-
-    found = sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=epoch)
+    found = sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=os.path.getmtime)
     if not found:
         raise FileNotFoundError(
-            f"--resume true was given but {ckpt_dir} holds no '{pattern}' checkpoint to resume from; "
+            f"--resume True was given but {ckpt_dir} holds no '{pattern}' checkpoint to resume from; "
             "train without --resume first (a checkpoint is written after every epoch)."
         )
     return found[-1]

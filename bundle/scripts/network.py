@@ -108,9 +108,9 @@ class VGG16FCN(nn.Module):
         x = self.normalise(x)
         pad_h = (self.pad_multiple - height % self.pad_multiple) % self.pad_multiple
         pad_w = (self.pad_multiple - width % self.pad_multiple) % self.pad_multiple
-        if pad_h > 0 or pad_w > 0:
-            # pad bottom/right only, so that cropping back is a plain slice
-            x = F.pad(x, [0, pad_w, 0, pad_h])
+        # pad bottom/right only, so that cropping back is a plain slice; always called (a no-op for zero padding) so
+        # that traced exports (ONNX) keep the padding for every input size
+        x = F.pad(x, [0, pad_w, 0, pad_h])
         pools = self.backbone(x)
         y = self.stage1(pools["pool5"]) + pools["pool4"]
         y = self.stage2(y) + pools["pool3"]

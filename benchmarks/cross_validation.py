@@ -1,0 +1,108 @@
+"""k-fold cross-validation of the bundle's own training recipe on real radiographs.
+
+Each fold trains with `monai.bundle run training --config_file configs/train.json` on the other folds' cases (a part
+of them held out for model selection, as `train.json` does), then evaluates its held-out cases on their original image
+grids with `configs/evaluate.json`: the inference path users run, post-processing included. Prints per-fold and
+overall mean, median and worst Dice, 95% Hausdorff distance, and the time it took.
+
+    python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
+    python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
+    python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from common import BUNDLE, REAL_SAMPLE, machine
+
+
+def folds_of(cases: list, k: int, seed: int) -> list[list]:
+    order = np.random.default_rng(seed).permutation(len(cases))
+    return [[cases[i] for i in order[f::k]] for f in range(k)]
+
+
+def run_bundle(args: list[str], log_path: str) -> None:
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
+
+
+def read_metric(output_dir: str, name: str) -> dict[str, float]:
+    """Per-case values from MetricsSaver's `<name>_raw.csv` (tab-separated: filename, value(s))."""
+    values = {}
+    with open(os.path.join(output_dir, f"{name}_raw.csv")) as f:
+        for row in csv.reader(f, delimiter="\t"):
+            if row and row[0] != "filename":
+                values[os.path.basename(row[0])] = float(np.nanmean([float(v) for v in row[1:]]))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REAL_SAMPLE), help="folder with images/ + masks/ (or Kaggle layout)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=["default", "tutorial"], default="default",
+                        help="'tutorial' adds configs/recipe_tutorial.json (the original FCN_v2 settings)")
+    parser.add_argument("--workdir", default=None, help="keep fold models and logs here (default: a temp folder)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
+    args = parser.parse_args()
+    overrides = [o for o in args.overrides if o != "--"]
+
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.datalist import find_pairs
+
+    cases = find_pairs(args.data)["pairs"]
+    workdir = args.workdir or tempfile.mkdtemp(prefix="cxr-cv-")
+    train_config = "configs/train.json"
+    if args.recipe == "tutorial":
+        train_config = "['configs/train.json','configs/recipe_tutorial.json']"
+    print(f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}")
+    start = time.perf_counter()
+    dice, hd95 = {}, {}
+    for fold, held_out in enumerate(folds_of(cases, args.folds, args.seed)):
+        fold_dir = os.path.join(workdir, f"fold{fold}")
+        os.makedirs(fold_dir, exist_ok=True)
+        train = [c for c in cases if c not in held_out]
+        datalist = os.path.join(fold_dir, "datalist.json")
+        with open(datalist, "w") as f:
+            json.dump({"training": train, "test": held_out}, f, indent=2)
+        t0 = time.perf_counter()
+        run_bundle(["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
+                    "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train", "--val_fraction", "0.15",
+                    *overrides], f"{fold_dir}/train.log")
+        t1 = time.perf_counter()
+        # the evaluation must see images at the size the fold's model was trained at
+        inference_overrides = [v for i in range(0, len(overrides) - 1, 2) if overrides[i] == "--image_size"
+                               for v in overrides[i : i + 2]]
+        run_bundle(["run", "--config_file", "configs/evaluate.json", "--dataset_dir", datalist, "--split", "test",
+                    "--ckpt_path", f"{fold_dir}/models/model.pt", "--output_dir", f"{fold_dir}/eval",
+                    *inference_overrides], f"{fold_dir}/eval.log")
+        fold_dice, fold_hd = read_metric(f"{fold_dir}/eval", "dice"), read_metric(f"{fold_dir}/eval", "hd95")
+        dice.update(fold_dice)
+        hd95.update(fold_hd)
+        print(f"fold {fold}: {len(held_out)} held out, mean Dice {statistics.mean(fold_dice.values()):.4f}, "
+              f"worst {min(fold_dice.values()):.4f}; train {t1 - t0:.0f} s, evaluate {time.perf_counter() - t1:.0f} s",
+              flush=True)
+    values = list(dice.values())
+    worst = min(dice, key=dice.get)
+    print(f"\ncross-validated over {len(values)} cases: mean Dice {statistics.mean(values):.4f}, median "
+          f"{statistics.median(values):.4f}, worst {dice[worst]:.4f} ({worst}); HD95 mean "
+          f"{np.nanmean(list(hd95.values())):.1f} px, worst {np.nanmax(list(hd95.values())):.1f} px; "
+          f"time {time.perf_counter() - start:.0f} s; work folder {workdir}")
+
+
+if __name__ == "__main__":
+    main()

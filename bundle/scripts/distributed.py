@@ -1,0 +1,263 @@
+"""Helpers that let ``multi_gpu_train.json`` / ``multi_gpu_evaluate.json`` run unchanged under ``torchrun`` on GPUs
+(NCCL, one GPU per process) and on CPU-only machines (gloo, one process per CPU share).
+
+The configs compose these with MONAI's own pieces (``monai.data.DistributedSampler``, the engines, the metric
+handlers that all-gather across ranks); this module only adds what the configs cannot say in one expression:
+picking the backend and device, running one step on rank 0 before the others, deciding which handlers a rank
+attaches, and a debugging handler that records which files every rank's batches held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.handlers.base_logger import BaseLogger
+from monai.handlers import (
+    CheckpointSaver,
+    ClearMLHandler,
+    LogfileHandler,
+    MLFlowHandler,
+    StatsHandler,
+    TensorBoardHandler,
+)
+from torch.utils.data.distributed import DistributedSampler
+
+__all__ = [
+    "RANK_ZERO_ONLY_HANDLERS",
+    "BroadcastBuffers",
+    "RankSampleRecorder",
+    "default_backend",
+    "destroy_distributed",
+    "get_rank",
+    "handlers_for_rank",
+    "init_distributed",
+    "local_device",
+    "release_other_ranks",
+    "wait_for_rank_zero",
+]
+
+logger = logging.getLogger(__name__)
+
+# Handlers that only report or save: on ranks other than 0 they would duplicate logs, progress bars, TensorBoard event
+# files and checkpoints. Every other handler runs on every rank: validation and the metric/file savers communicate
+# across ranks (rank 0 would wait forever without them), and loaders, LR schedules and early stopping change the
+# model or the run, which must stay identical on all ranks.
+RANK_ZERO_ONLY_HANDLERS: tuple[type, ...] = (
+    StatsHandler,
+    TensorBoardHandler,
+    CheckpointSaver,
+    LogfileHandler,
+    MLFlowHandler,
+    ClearMLHandler,
+    BaseLogger,  # ignite's loggers, e.g. ProgressBar
+)
+
+
+def default_backend() -> str:
+    """``"nccl"`` when CUDA GPUs are visible, ``"gloo"`` otherwise (CPU-only machines, CI)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def local_device() -> torch.device:
+    """This process's device: ``cuda:<LOCAL_RANK>`` when GPUs are visible (torchrun sets ``LOCAL_RANK``), else CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group torchrun set up (``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE`` from the
+    environment), once; bind the process to its GPU when there is one.
+
+    Args:
+        backend: ``"nccl"``, ``"gloo"`` or ``None`` for :func:`default_backend`.
+
+    Returns:
+        ``True`` (so that a config expression can chain it).
+
+    Raises:
+        RuntimeError: not launched by torchrun (no ``WORLD_SIZE``/``RANK`` in the environment), with the command to use.
+    """
+    if dist.is_initialized():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            "configs/multi_gpu_*.json must be launched by torchrun, e.g. `torchrun --nproc_per_node=2 -m monai.bundle "
+            "run training --config_file \"['configs/train.json','configs/multi_gpu_train.json']\"`; for one process "
+            "use configs/train.json alone."
+        )
+    device = local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend or default_backend())
+    logger.info(
+        "rank %d of %d joined the %s process group on %s",
+        dist.get_rank(),
+        dist.get_world_size(),
+        dist.get_backend(),
+        device,
+    )
+    return True
+
+
+def destroy_distributed() -> None:
+    """Leave the process group cleanly (the ``finalize`` step), so torchrun sees every rank exit normally."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears down while another still communicates
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def wait_for_rank_zero() -> None:
+    """Ranks other than 0 block here until rank 0 calls :func:`release_other_ranks`.
+
+    Used around steps that write shared files (generating the synthetic default set, writing the datalist), so that
+    the other ranks read finished files instead of racing rank 0.
+    """
+    if get_rank() > 0:
+        dist.barrier()
+
+
+def release_other_ranks() -> None:
+    """Rank 0's half of :func:`wait_for_rank_zero`: let the other ranks go on."""
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() == 0:
+        dist.barrier()
+
+
+def handlers_for_rank(
+    handlers: Sequence[Any] | None,
+    rank_zero_only: Sequence[type] = RANK_ZERO_ONLY_HANDLERS,
+    exclude: Sequence[type] = (),
+) -> list:
+    """The handlers this rank attaches: all of them on rank 0; on the other ranks all but the reporting/saving ones.
+
+    Selecting by type rather than by list position keeps this right when handlers are added to or reordered in
+    the configs; a handler type not listed runs on every rank, which is the safe default for anything that
+    changes the model or takes part in collective communication.
+
+    Args:
+        handlers: the workflow's handler list (``None`` gives an empty list).
+        rank_zero_only: handler types attached on rank 0 only (default :data:`RANK_ZERO_ONLY_HANDLERS`).
+        exclude: handler types attached on no rank, for handlers that are wrong under DDP (e.g. ones that report
+            per-case results from the local shard only).
+    """
+    handlers = [h for h in handlers or [] if not isinstance(h, tuple(exclude))]
+    if get_rank() == 0:
+        return handlers
+    return [h for h in handlers if not isinstance(h, tuple(rank_zero_only))]
+
+
+class BroadcastBuffers:
+    """Copy rank 0's module buffers (BatchNorm running statistics) to every rank when an engine starts.
+
+    DDP keeps parameters identical across ranks and broadcasts buffers at the start of each *training* forward,
+    so after the last training iteration every rank holds running statistics updated by its own last batch. The
+    validation run (no gradients, so DDP syncs nothing) would then score rank 1's share of the data with a slightly
+    different model from the ``model.pt`` rank 0 saves. Attached to the evaluator, this makes all ranks validate
+    exactly the model that is saved.
+
+    Args:
+        module: the (DDP-wrapped) network.
+        src: the rank whose buffers win (0: the rank that saves).
+    """
+
+    def __init__(self, module: torch.nn.Module, src: int = 0) -> None:
+        self.module = module
+        self.src = src
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.module.buffers():
+                dist.broadcast(buffer.data, src=self.src)
+
+
+class RankSampleRecorder:
+    """Debugging handler: record, for every iteration, which data items the batch on this rank held.
+
+    Under DDP each rank's ``DataLoader`` draws index batches from its ``DistributedSampler`` (MONAI re-seeds it with
+    the epoch at every ``EPOCH_STARTED``); this handler walks the same ``batch_sampler`` in step with the engine and
+    writes one JSON line per iteration to ``<output_dir>/rank_samples/rank<R>.jsonl``::
+
+        {"rank": 1, "epoch": 2, "iteration": 7, "batch_size": 4, "items": ["/data/images/a.png", ...]}
+
+    It checks every entry against the batch the engine really got (its size), so a loader that does not use the
+    sampler shows up as an error. Use it to check that ranks see disjoint parts of the data, or to find which files
+    were in a batch that produced a NaN loss. Turn it on with ``--record_rank_samples True``.
+
+    Only samplers that give the same order when iterated twice are supported (``DistributedSampler``,
+    ``SequentialSampler``); with ``RandomSampler`` (single process, ``shuffle=True``) a second iteration would draw
+    a different order and consume the global random state, so nothing is recorded and a warning says so.
+
+    Args:
+        output_dir: folder for ``rank_samples/rank<R>.jsonl`` (created on the first write).
+        item_key: key of the data items named in the record (the datalist's ``"image"`` path).
+        batch_key: key of the batch tensor whose first dimension is the batch size (when the engine does not
+            decollate the batch).
+    """
+
+    def __init__(self, output_dir: str, item_key: str = "image", batch_key: str = "image") -> None:
+        self.output_dir = output_dir
+        self.item_key = item_key
+        self.batch_key = batch_key
+        self._batches = None
+        self._enabled = True
+
+    @property
+    def filename(self) -> str:
+        return os.path.join(self.output_dir, "rank_samples", f"rank{get_rank()}.jsonl")
+
+    def attach(self, engine: Engine) -> None:
+        loader = engine.data_loader
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, (DistributedSampler, torch.utils.data.SequentialSampler)):
+            self._enabled = False
+            logger.warning(
+                "RankSampleRecorder: the loader's sampler is %s, whose order cannot be replayed; nothing "
+                "is recorded.",
+                type(sampler).__name__,
+            )
+            return
+        os.makedirs(os.path.dirname(self.filename), exist_ok=True)
+        open(self.filename, "w").close()  # one record per run
+        # registered after the engine's own EPOCH_STARTED handler that calls sampler.set_epoch(epoch)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._batches = iter(engine.data_loader.batch_sampler)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        if not self._enabled or self._batches is None:
+            return
+        indices = next(self._batches)
+        batch = engine.state.batch  # MONAI engines decollate it into a list of items at ITERATION_COMPLETED
+        batch_size = len(batch) if isinstance(batch, list) else int(batch[self.batch_key].shape[0])
+        if len(indices) != batch_size:
+            raise RuntimeError(
+                f"RankSampleRecorder: the sampler gave {len(indices)} items for iteration {engine.state.iteration} "
+                f"but the batch holds {batch_size}; the loader does not draw from the sampler it was given."
+            )
+        data = engine.data_loader.dataset.data
+        record = {
+            "rank": get_rank(),
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "batch_size": batch_size,
+            "items": [str(data[i][self.item_key]) if isinstance(data[i], dict) else str(data[i]) for i in indices],
+        }
+        with open(self.filename, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,285 @@
+"""Multi-process training through a real ``torchrun`` (2 CPU processes, gloo) with configs/multi_gpu_train.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BUNDLE, run_bundle
+from PIL import Image
+
+MULTI_GPU_CONFIGS = "['configs/train.json','configs/multi_gpu_train.json']"
+IMAGE_SIZE = 64
+EPOCHS = 2
+NPROC = 2
+
+
+def run_torchrun(workdir: Path, data: str, *extra: str, epochs: int = EPOCHS, timeout: int = 300) -> str:
+    """Launch ``torchrun -m monai.bundle run training`` with the multi-GPU configs, as the bundle card says."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+        "-m", "monai.bundle", "run", "training", "--config_file", MULTI_GPU_CONFIGS,
+        "--dataset_dir", data,
+        "--ckpt_dir", str(workdir / "models"),
+        "--output_dir", str(workdir / "eval"),
+        "--image_size", f"[{IMAGE_SIZE},{IMAGE_SIZE}]",
+        "--max_epochs", str(epochs),
+        "--num_workers", "0",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log[-8000:]}"
+    return log
+
+
+def validation_dice(model_file: Path, data: str, workdir: Path) -> float:
+    """Mean Dice of ``model_file`` over the validation list, in ONE process, through train.json's own evaluator."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "dataset_dir": data,
+            "output_dir": str(workdir / "single"),
+            "ckpt_dir": str(workdir / "single"),
+            "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+            "num_workers": 0,
+            "validate#handlers": [],
+        }
+    )
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(model_file, weights_only=True))
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    return float(evaluator.state.metrics["val_mean_dice"])
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> dict:
+    """One real 2-process training run; the tests below check what it did."""
+    from scripts.synthetic import generate_synthetic_dataset
+
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    # 20 cases -> 14 training (7 per rank, no padding duplicates), 4 validation (2 per rank), 2 test
+    data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=20, seed=100)
+    # the on-disk cache, shared by both ranks as on a multi-GPU node
+    extra = ["--record_rank_samples", "True", "--dataset_type", "persistent", "--cache_dir", str(tmp_path / "cache")]
+    log = run_torchrun(tmp_path, data, *extra)
+    return {"dir": tmp_path, "data": data, "log": log}
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(ddp_run):
+    from scripts.network import VGG16FCN
+
+    tmp_path, data, log = ddp_run["dir"], ddp_run["data"], ddp_run["log"]
+    # gloo was chosen without any override, and only rank 0 logged the epochs
+    assert "gloo process group" in log
+    assert log.count(f"Epoch[{EPOCHS}] Metrics -- val_mean_dice") == 1, log[-4000:]
+    assert log.count(f"Saved checkpoint at epoch: {EPOCHS}") == 1
+
+    # both ranks trained every epoch, on disjoint halves of the training list
+    training = {item["image"] for item in json.loads((tmp_path / "eval" / "datalist.json").read_text())["training"]}
+    assert len(training) == 14
+    seen: dict[tuple[int, int], list[str]] = {}
+    for rank in range(NPROC):
+        for line in (tmp_path / "eval" / "rank_samples" / f"rank{rank}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            assert record["rank"] == rank and record["batch_size"] == len(record["items"]) > 0
+            seen.setdefault((record["epoch"], rank), []).extend(record["items"])
+    for epoch in range(1, EPOCHS + 1):
+        rank0, rank1 = seen[(epoch, 0)], seen[(epoch, 1)]
+        assert len(rank0) == len(rank1) == len(training) // NPROC
+        assert not set(rank0) & set(rank1), f"epoch {epoch}: ranks shared samples"
+        assert set(rank0) | set(rank1) == training
+    assert seen[(1, 0)] != seen[(2, 0)], "the DistributedSampler did not reshuffle between epochs"
+
+    # the persistent cache holds each training and validation case once, written by whichever rank loaded it
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 14 + 4
+
+    # exactly one best model and one resume checkpoint, written by rank 0
+    assert [p.name for p in tmp_path.rglob("model.pt")] == ["model.pt"]
+    assert sorted(p.name for p in (tmp_path / "models").glob("*.pt")) == [f"checkpoint_epoch={EPOCHS}.pt", "model.pt"]
+
+    # model.pt is a plain state dict that loads into the single-process network
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state)
+    net = VGG16FCN(out_channels=2, in_channels=1).eval()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 80, 72)).shape == (1, 2, 80, 72)
+
+    # ... and runs the single-process inference workflow on an image
+    image = Path(data) / "images" / "SYNTH_0000.png"
+    (tmp_path / "one.json").write_text(json.dumps({"testing": [{"image": str(image)}]}))
+    run_bundle(
+        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
+        "--dataset_dir", str(tmp_path / "one.json"), "--ckpt_path", str(tmp_path / "models" / "model.pt"),
+        "--output_dir", str(tmp_path / "inference"), "--image_size", f"[{IMAGE_SIZE},{IMAGE_SIZE}]",
+        "--num_workers", "0", "--write_seg", "False", "--write_overlay", "False",
+    )  # fmt: skip
+    (mask_file,) = (tmp_path / "inference").rglob("SYNTH_0000*_mask.png")
+    assert Image.open(mask_file).size == Image.open(image).size
+
+    # the validation Dice the 2 ranks reported (all-gathered) is the Dice of model.pt over the WHOLE validation set
+    checkpoint = torch.load(tmp_path / "models" / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)
+    best_score, _ = checkpoint["best_model_saver"]["_saved"][0]
+    assert validation_dice(tmp_path / "models" / "model.pt", data, tmp_path) == pytest.approx(best_score, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_multi_gpu_evaluate_matches_single_process(ddp_run, tmp_path):
+    model = str(ddp_run["dir"] / "models" / "model.pt")
+    args = [
+        "--dataset_dir",
+        ddp_run["data"],
+        "--ckpt_path",
+        model,
+        "--image_size",
+        f"[{IMAGE_SIZE},{IMAGE_SIZE}]",
+        "--num_workers",
+        "0",
+        "--meta_file",
+        "configs/metadata.json",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={NPROC}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        "--output_dir",
+        str(tmp_path / "ddp"),
+        *args,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
+    run_bundle("run", "--config_file", "configs/evaluate.json", "--output_dir", str(tmp_path / "single"), *args)
+
+    def read_csv(path: Path) -> list[list[str]]:
+        return [line.split(",") for line in path.read_text().splitlines()]
+
+    # every case once (gathered from both ranks), with the same per-case and mean metrics as one process
+    ddp_cases, single_cases = read_csv(tmp_path / "ddp" / "dice_raw.csv"), read_csv(
+        tmp_path / "single" / "dice_raw.csv"
+    )
+    assert len(ddp_cases) == len(single_cases) == 21
+    ddp_by_file, single_by_file = ({row[0]: float(row[-1]) for row in rows[1:]} for rows in (ddp_cases, single_cases))
+    assert ddp_by_file.keys() == single_by_file.keys()
+    assert all(ddp_by_file[f] == pytest.approx(single_by_file[f], abs=1e-4) for f in ddp_by_file)
+    ddp_metrics, single_metrics = (dict(read_csv(tmp_path / d / "metrics.csv")) for d in ("ddp", "single"))
+    assert float(ddp_metrics["dice"]) == pytest.approx(float(single_metrics["dice"]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_fewer_validation_cases_than_ranks(tmp_path):
+    """1 validation case on 2 ranks (a small MONAI Label set): both ranks validate it instead of one having none."""
+    from scripts.synthetic import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=6, seed=100)  # 4 training, 1 validation
+    log = run_torchrun(tmp_path, data, epochs=1)
+    assert "4 training, 1 validation" in log and log.count("Epoch[1] Metrics -- val_mean_dice") == 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def _broadcast_worker(rank: int, world_size: int, store: str, results: str) -> None:
+    """One gloo rank: BatchNorm statistics that differ per rank, then BroadcastBuffers at the evaluator's start."""
+    import torch.distributed as dist
+    from ignite.engine import Engine
+
+    from scripts.distributed import BroadcastBuffers
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        bn = torch.nn.BatchNorm2d(3)
+        bn(torch.rand(4, 3, 8, 8) * (rank + 1))  # a training step: running statistics from this rank's batch only
+        before = bn.running_mean.clone()
+        evaluator = Engine(lambda engine, batch: None)
+        BroadcastBuffers(bn).attach(evaluator)
+        evaluator.run([0], max_epochs=1)
+        torch.save({"before": before, "after": bn.running_mean.clone()}, f"{results}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_broadcast_buffers_gives_every_rank_rank0_statistics(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_broadcast_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert not torch.equal(rank0["before"], rank1["before"])
+    assert torch.equal(rank1["after"], rank0["before"]) and torch.equal(rank0["after"], rank0["before"])
+
+
+def test_launching_without_torchrun_is_a_clear_error(monkeypatch):
+    from scripts.distributed import init_distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_distributed()
+
+
+# ---- the data set classes training chooses between (scripts/datasets.py), used by the run above ----
+
+
+def _pngs(tmp_path: Path, n: int = 3) -> list[dict]:
+    from scripts.synthetic import generate_synthetic_dataset
+
+    data = Path(generate_synthetic_dataset(str(tmp_path / "data"), num_cases=n))
+    return [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").glob("*.png"))]
+
+
+def _preprocessing(size: int):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
+
+    return Compose([
+        LoadImaged(keys=["image", "label"], image_only=True),
+        EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
+        Resized(keys=["image", "label"], spatial_size=(size, size)),
+    ])  # fmt: skip
+
+
+def test_dataset_types(tmp_path):
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+
+    from scripts.datasets import make_dataset
+
+    items = _pngs(tmp_path, 4)
+    cached = make_dataset(items, _preprocessing(32), "cache", cache_rate=0.5, num_workers=1)
+    assert isinstance(cached, CacheDataset) and cached.cache_num == 2 and cached[3]["image"].shape == (1, 32, 32)
+    plain = make_dataset(items, _preprocessing(32), "plain")
+    assert type(plain) is Dataset and plain[0]["image"].shape == (1, 32, 32)
+    persistent = make_dataset(items, _preprocessing(32), "persistent", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(persistent, PersistentDataset) and persistent[0]["image"].shape == (1, 32, 32)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    with pytest.raises(ValueError, match="cache_dir"):
+        make_dataset(items, _preprocessing(32), "persistent")
+    with pytest.raises(ValueError, match="unknown dataset_type 'lmdb'"):
+        make_dataset(items, _preprocessing(32), "lmdb")
+
+
+def test_persistent_cache_is_not_reused_after_the_transforms_change(tmp_path):
+    from scripts.datasets import make_dataset
+
+    items, cache = _pngs(tmp_path, 1), str(tmp_path / "cache")
+    assert make_dataset(items, _preprocessing(32), "persistent", cache_dir=cache)[0]["image"].shape == (1, 32, 32)
+    # same files, same cache folder, another image_size: new cache entries, never the stale 32x32 ones
+    assert make_dataset(items, _preprocessing(48), "persistent", cache_dir=cache)[0]["image"].shape == (1, 48, 48)
+    assert len(list(Path(cache).glob("*.pt"))) == 2
