@@ -33,8 +33,13 @@ def folds_of(cases: list, k: int, seed: int) -> list[list]:
 
 def run_bundle(args: list[str], log_path: str) -> None:
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", *args],
+            cwd=BUNDLE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     if proc.returncode != 0:
         raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
 
@@ -54,8 +59,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(REAL_SAMPLE), help="folder with images/ + masks/ (or Kaggle layout)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipe", choices=["default", "tutorial"], default="default",
-                        help="'tutorial' adds configs/recipe_tutorial.json (the original FCN_v2 settings)")
+    parser.add_argument(
+        "--recipe",
+        choices=["default", "tutorial"],
+        default="default",
+        help="'tutorial' adds configs/recipe_tutorial.json (the original FCN_v2 settings)",
+    )
     parser.add_argument("--workdir", default=None, help="keep fold models and logs here (default: a temp folder)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
     args = parser.parse_args()
@@ -80,28 +89,62 @@ def main() -> None:
         with open(datalist, "w") as f:
             json.dump({"training": train, "test": held_out}, f, indent=2)
         t0 = time.perf_counter()
-        run_bundle(["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
-                    "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train", "--val_fraction", "0.15",
-                    *overrides], f"{fold_dir}/train.log")
+        run_bundle(
+            [
+                "run",
+                "training",
+                "--config_file",
+                train_config,
+                "--dataset_dir",
+                datalist,
+                "--ckpt_dir",
+                f"{fold_dir}/models",
+                "--output_dir",
+                f"{fold_dir}/train",
+                "--val_fraction",
+                "0.15",
+                *overrides,
+            ],
+            f"{fold_dir}/train.log",
+        )
         t1 = time.perf_counter()
         # the evaluation must see images at the size the fold's model was trained at
-        inference_overrides = [v for i in range(0, len(overrides) - 1, 2) if overrides[i] == "--image_size"
-                               for v in overrides[i : i + 2]]
-        run_bundle(["run", "--config_file", "configs/evaluate.json", "--dataset_dir", datalist, "--split", "test",
-                    "--ckpt_path", f"{fold_dir}/models/model.pt", "--output_dir", f"{fold_dir}/eval",
-                    *inference_overrides], f"{fold_dir}/eval.log")
+        inference_overrides = [
+            v for i in range(0, len(overrides) - 1, 2) if overrides[i] == "--image_size" for v in overrides[i : i + 2]
+        ]
+        run_bundle(
+            [
+                "run",
+                "--config_file",
+                "configs/evaluate.json",
+                "--dataset_dir",
+                datalist,
+                "--split",
+                "test",
+                "--ckpt_path",
+                f"{fold_dir}/models/model.pt",
+                "--output_dir",
+                f"{fold_dir}/eval",
+                *inference_overrides,
+            ],
+            f"{fold_dir}/eval.log",
+        )
         fold_dice, fold_hd = read_metric(f"{fold_dir}/eval", "dice"), read_metric(f"{fold_dir}/eval", "hd95")
         dice.update(fold_dice)
         hd95.update(fold_hd)
-        print(f"fold {fold}: {len(held_out)} held out, mean Dice {statistics.mean(fold_dice.values()):.4f}, "
-              f"worst {min(fold_dice.values()):.4f}; train {t1 - t0:.0f} s, evaluate {time.perf_counter() - t1:.0f} s",
-              flush=True)
+        print(
+            f"fold {fold}: {len(held_out)} held out, mean Dice {statistics.mean(fold_dice.values()):.4f}, "
+            f"worst {min(fold_dice.values()):.4f}; train {t1 - t0:.0f} s, evaluate {time.perf_counter() - t1:.0f} s",
+            flush=True,
+        )
     values = list(dice.values())
     worst = min(dice, key=dice.get)
-    print(f"\ncross-validated over {len(values)} cases: mean Dice {statistics.mean(values):.4f}, median "
-          f"{statistics.median(values):.4f}, worst {dice[worst]:.4f} ({worst}); HD95 mean "
-          f"{np.nanmean(list(hd95.values())):.1f} px, worst {np.nanmax(list(hd95.values())):.1f} px; "
-          f"time {time.perf_counter() - start:.0f} s; work folder {workdir}")
+    print(
+        f"\ncross-validated over {len(values)} cases: mean Dice {statistics.mean(values):.4f}, median "
+        f"{statistics.median(values):.4f}, worst {dice[worst]:.4f} ({worst}); HD95 mean "
+        f"{np.nanmean(list(hd95.values())):.1f} px, worst {np.nanmax(list(hd95.values())):.1f} px; "
+        f"time {time.perf_counter() - start:.0f} s; work folder {workdir}"
+    )
 
 
 if __name__ == "__main__":

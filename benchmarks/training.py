@@ -84,10 +84,14 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"training FLOP per 224x224 image (fwd+bwd ~ 3x fwd): {train_flops_per_image / 1e9:.1f} G")
     original = original_loop_images_per_s(4, 224, device, args.seconds)
-    bundle, precision = bundle_trainer_images_per_s(args.epochs, args.cases, {"num_workers": 0 if device == "cpu" else 4})
+    bundle, precision = bundle_trainer_images_per_s(
+        args.epochs, args.cases, {"num_workers": 0 if device == "cpu" else 4}
+    )
     for name, ips in (("original fp32 eager loop", original), (f"bundle trainer ({precision}, channels-last)", bundle)):
-        print(f"{name:45s} {ips:6.2f} img/s  {ips * train_flops_per_image / 1e12:6.2f} TFLOP/s "
-              f"({100 * ips * train_flops_per_image / peak:4.1f}% of measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s)")
+        print(
+            f"{name:45s} {ips:6.2f} img/s  {ips * train_flops_per_image / 1e12:6.2f} TFLOP/s "
+            f"({100 * ips * train_flops_per_image / peak:4.1f}% of measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s)"
+        )
     print(f"ratio bundle / original: {bundle / original:.2f}x")
 
 

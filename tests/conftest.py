@@ -38,8 +38,10 @@ def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subpr
         env=full_env,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
-                             f"{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
+            f"{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -49,16 +51,30 @@ def train_tiny_model(workdir: Path, num_cases: int = 24, image_size: int = 96, e
 
     data = generate_synthetic_dataset(str(workdir / "data"), num_cases=num_cases, seed=100)
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json",
-        "--dataset_dir", data,
-        "--ckpt_dir", str(workdir / "models"),
-        "--output_dir", str(workdir / "eval"),
-        "--image_size", f"[{image_size},{image_size}]",
-        "--max_epochs", str(epochs),
-        "--num_workers", "0",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--dataset_dir",
+        data,
+        "--ckpt_dir",
+        str(workdir / "models"),
+        "--output_dir",
+        str(workdir / "eval"),
+        "--image_size",
+        f"[{image_size},{image_size}]",
+        "--max_epochs",
+        str(epochs),
+        "--num_workers",
+        "0",
         *extra,
     )
-    return {"models": workdir / "models", "eval": workdir / "eval", "data": Path(data), "log": proc.stdout + proc.stderr}
+    return {
+        "models": workdir / "models",
+        "eval": workdir / "eval",
+        "data": Path(data),
+        "log": proc.stdout + proc.stderr,
+    }
 
 
 @pytest.fixture(scope="session")

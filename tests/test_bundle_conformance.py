@@ -12,7 +12,7 @@ def test_metadata_verifies_against_monai_schema():
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("config", ["train.json"])
+@pytest.mark.parametrize("config", ["train.json", "inference.json", "evaluate.json"])
 def test_network_input_output_shapes_verify(config):
     proc = run_bundle(
         "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", f"configs/{config}"
@@ -27,8 +27,16 @@ def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
     net = VGG16FCN().eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
     run_bundle(
-        "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-        str(tmp_path / "model.pt"), "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(tmp_path / "model.ts"),
+        "--ckpt_file",
+        str(tmp_path / "model.pt"),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/train.json",
     )
     scripted = torch.jit.load(tmp_path / "model.ts")
     x = torch.rand(1, 1, 120, 90)

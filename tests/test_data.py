@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
+
 from scripts.datalist import find_pairs, prepare_datalist, split_cases
 from scripts.synthetic import generate_synthetic_dataset, synthetic_case
 from scripts.transforms import ResizeToMatchd, grey_png_reader
@@ -14,9 +15,9 @@ from scripts.transforms import ResizeToMatchd, grey_png_reader
 
 def load(path):
     """Load one file the way the training config does: grey, channel first; returns (C, W, H) like MONAI."""
-    return Compose([LoadImaged("image", reader=grey_png_reader()), EnsureChannelFirstd("image", channel_dim="no_channel")])(
-        {"image": str(path)}
-    )["image"]
+    return Compose(
+        [LoadImaged("image", reader=grey_png_reader()), EnsureChannelFirstd("image", channel_dim="no_channel")]
+    )({"image": str(path)})["image"]
 
 
 def gradient(height=40, width=60, dtype=np.uint8, top=255):
@@ -148,11 +149,13 @@ def test_real_shenzhen_mask_lands_on_the_image_grid(real_sample):
     pairs = {p["image"].rsplit("/", 1)[1]: p for p in find_pairs(str(real_sample))["pairs"]}
     assert len(pairs) == 37
     pair = pairs["CHNCXR_0601_1.png"]
-    loader = Compose([
-        LoadImaged(["image", "label"], reader=grey_png_reader()),
-        EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
-        ResizeToMatchd("label", ref_key="image"),
-    ])
+    loader = Compose(
+        [
+            LoadImaged(["image", "label"], reader=grey_png_reader()),
+            EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
+            ResizeToMatchd("label", ref_key="image"),
+        ]
+    )
     data = loader(pair)
     assert data["image"].shape == data["label"].shape == (1, 1000, 1000)
     lung = data["label"][0] > 0

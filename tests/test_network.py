@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from scripts.network import VGG16FCN, load_vgg16_features
 from torchvision.models import vgg16
+
+from scripts.network import VGG16FCN, load_vgg16_features
 
 
 @pytest.fixture(scope="module")

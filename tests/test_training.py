@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 from conftest import train_tiny_model
+
 from scripts.network import VGG16FCN
 
 

@@ -41,9 +41,11 @@ def _stem(name: str) -> str:
 
 
 def _image_files(folder: str) -> list[str]:
-    return sorted(
-        f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-    ) if os.path.isdir(folder) else []
+    return (
+        sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        if os.path.isdir(folder)
+        else []
+    )
 
 
 def _find_layout_root(dataset_dir: str) -> tuple[str, str]:
@@ -113,8 +115,11 @@ def split_cases(cases: list, val_fraction: float = 0.2, test_fraction: float = 0
 def _from_datalist_file(path: str, val_fraction: float, seed: int) -> dict[str, list]:
     with open(path) as f:
         keys = json.load(f).keys()
-    lists = {k: load_decathlon_datalist(path, is_segmentation=True, data_list_key=k) for k in keys
-             if k in ("training", "validation", "test")}
+    lists = {
+        k: load_decathlon_datalist(path, is_segmentation=True, data_list_key=k)
+        for k in keys
+        if k in ("training", "validation", "test")
+    }
     if "training" not in lists:
         raise ValueError(f"{path}: a datalist needs a 'training' list of {{'image', 'label'}} items.")
     if "validation" not in lists:
@@ -161,8 +166,12 @@ def prepare_datalist(
         raise FileNotFoundError(f"dataset_dir does not exist: {dataset_dir}")
     logger.info(
         "datalist from %s: %d training, %d validation, %d test; %d images without mask, %d masks without image, "
-        "%d unlabelled", dataset_dir, *(len(datalist[k]) for k in ("training", "validation", "test",
-                                                                    "unpaired_images", "unpaired_masks", "unlabelled")),
+        "%d unlabelled",
+        dataset_dir,
+        *(
+            len(datalist[k])
+            for k in ("training", "validation", "test", "unpaired_images", "unpaired_masks", "unlabelled")
+        ),
     )
     for path in datalist["unpaired_images"][:20] + datalist["unpaired_masks"][:20]:
         logger.info("unpaired: %s", path)

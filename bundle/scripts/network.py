@@ -159,12 +159,15 @@ def _imagenet_state_dict(allow_download: bool) -> dict:
     if os.path.isfile(cached):
         return torch.load(cached, map_location="cpu", weights_only=True)
     if not allow_download:
-        raise RuntimeError(f"ImageNet VGG16 weights are not in the torch hub cache ({cached}) and downloads are off. "
-                           + how_to)
+        raise RuntimeError(
+            f"ImageNet VGG16 weights are not in the torch hub cache ({cached}) and downloads are off. " + how_to
+        )
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # URLError, socket timeouts, proxies: all mean "offline" to the user
-        raise RuntimeError(f"ImageNet VGG16 weights could not be downloaded ({type(e).__name__}: {e}). " + how_to) from e
+        raise RuntimeError(
+            f"ImageNet VGG16 weights could not be downloaded ({type(e).__name__}: {e}). " + how_to
+        ) from e
 
 
 def _features_state_dict(state: dict, source: str) -> dict:
@@ -173,7 +176,7 @@ def _features_state_dict(state: dict, source: str) -> dict:
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     for prefix in ("features.", "backbone.", ""):
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):][:1].isdigit()}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :][:1].isdigit()}
         if sub:
             return sub
     raise RuntimeError(f"{source} holds no VGG16 'features' weights (expected keys like 'features.0.weight').")

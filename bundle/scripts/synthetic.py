@@ -49,12 +49,25 @@ def synthetic_case(seed: int, min_size: int = 192, max_size: int = 320) -> tuple
     centre_y = rng.uniform(0.42, 0.5)
     for side in (-1, 1):  # image left (patient right) and image right (patient left)
         cx = 0.5 + side * rng.uniform(0.16, 0.22)
-        lung = _ellipse(yy, xx, centre_y + rng.uniform(-0.03, 0.03), cx, rng.uniform(0.22, 0.3),
-                        rng.uniform(0.09, 0.14), power=rng.uniform(1.6, 2.6))
+        lung = _ellipse(
+            yy,
+            xx,
+            centre_y + rng.uniform(-0.03, 0.03),
+            cx,
+            rng.uniform(0.22, 0.3),
+            rng.uniform(0.09, 0.14),
+            power=rng.uniform(1.6, 2.6),
+        )
         lung &= yy < centre_y + rng.uniform(0.16, 0.24)  # flat-ish diaphragm
         lungs |= lung
-    heart = _ellipse(yy, xx, centre_y + rng.uniform(0.12, 0.18), 0.5 + rng.uniform(0.04, 0.09),
-                     rng.uniform(0.1, 0.14), rng.uniform(0.1, 0.15))
+    heart = _ellipse(
+        yy,
+        xx,
+        centre_y + rng.uniform(0.12, 0.18),
+        0.5 + rng.uniform(0.04, 0.09),
+        rng.uniform(0.1, 0.14),
+        rng.uniform(0.1, 0.15),
+    )
     lungs &= ~heart & body
     image[lungs] = 0.22
     image[heart & body] = 0.62
@@ -95,8 +108,12 @@ def generate_synthetic_dataset(output_dir: str, num_cases: int = 40, seed: int =
         with open(manifest_path) as f:
             if json.load(f) == manifest:
                 return output_dir
-    logger.warning("Generating %d SYNTHETIC chest-X-ray-like cases in %s. They are not "
-                   "radiographs; a model trained on them is only a demonstration.", num_cases, output_dir)
+    logger.warning(
+        "Generating %d SYNTHETIC chest-X-ray-like cases in %s. They are not "
+        "radiographs; a model trained on them is only a demonstration.",
+        num_cases,
+        output_dir,
+    )
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     for i in range(num_cases):

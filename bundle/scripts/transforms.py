@@ -54,7 +54,11 @@ class ResizeToMatchd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, ref_key: str = "image", mode: str = "nearest-exact", allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        ref_key: str = "image",
+        mode: str = "nearest-exact",
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
@@ -67,4 +71,3 @@ class ResizeToMatchd(MapTransform):
             if tuple(d[key].shape[1:]) != target:
                 d[key] = Resize(spatial_size=target, mode=self.mode)(d[key])
         return d
-

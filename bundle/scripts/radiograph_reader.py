@@ -1,0 +1,166 @@
+"""One MONAI ``ImageReader`` for every radiograph file the bundle accepts, chosen by content: DICOM, PNG/JPEG/BMP/TIFF,
+NIfTI.
+
+Why one reader instead of a list of readers given to ``LoadImaged``: with user readers, MONAI's ``LoadImage`` tries
+each reader and then every default reader (ITK, nibabel, ...) until one succeeds, and reports a failure as all their
+tracebacks together. This reader picks the decoder from the file's content, so a broken file fails once, with the
+decoder's own message naming the file and the problem. It also gives every format the same meta keys, so that
+DICOM, PNG and NIfTI items can share a batch (MONAI's collate keeps only the meta keys all items have, and cannot
+collate ``None`` values).
+
+All formats come out as MONAI ``(x, y)`` = ``(columns, rows)`` grey arrays:
+
+* DICOM: :class:`scripts.dicom.RadiographDicomReader` (display values, MONOCHROME1 inverted, spacing);
+* PNG/JPEG/BMP/TIFF: MONAI's ``PILReader`` with :func:`scripts.transforms.to_grey` (as in training);
+* NIfTI: MONAI's ``NibabelReader``; a trailing singleton third axis (``(x, y, 1)``) is dropped. The array is used as
+  stored, so it must follow the same convention (x along a row, rows from the top), as MONAI and nibabel write it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from monai.config import PathLike
+from monai.data import ImageReader, NibabelReader
+from monai.utils import MetaKeys, ensure_tuple
+
+from .dicom import RadiographDicomReader, is_dicom_file
+from .transforms import grey_png_reader
+
+__all__ = ["RadiographReader", "sniff_format", "PIL_FORMATS", "META_DEFAULTS"]
+
+PIL_FORMATS = ("png", "jpeg", "bmp", "tiff")
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+# NIfTI spatial units (xyzt_units & 7) -> mm
+_NIFTI_UNITS_MM = {1: 1000.0, 2: 1.0, 3: 0.001}
+
+# the meta keys every format yields, with the value used when a format has no such information
+META_DEFAULTS = {
+    "format": "",
+    "pixel_spacing": (float("nan"), float("nan")),
+    "spacing_source": "",
+    "pixel_processing": "",
+    "modality": "",
+    "patient_orientation": "",
+    "sop_instance_uid": "",
+}
+
+
+def sniff_format(path: PathLike) -> str | None:
+    """Return ``"dicom"``, ``"png"``, ``"jpeg"``, ``"bmp"``, ``"tiff"`` or ``"nifti"`` for ``path``, else ``None``.
+
+    DICOM is recognised by content (``DICM`` at byte 128), whatever the file's name; images by their magic numbers;
+    NIfTI by its ``.nii``/``.nii.gz`` extension. A ``.dcm``/``.dicom`` file without the DICOM marker counts as DICOM
+    (datasets written without the Part 10 preamble). Unreadable or empty files give ``None``.
+    """
+    path = os.fspath(path)
+    if is_dicom_file(path):
+        return "dicom"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if not head:
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    lower = path.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if lower.endswith((".dcm", ".dicom")):
+        return "dicom"
+    return None
+
+
+class _Unread:
+    """What :meth:`RadiographReader.read` returns: the file and its format, decoded later in ``get_data``."""
+
+    def __init__(self, path: str, kind: str | None) -> None:
+        self.path, self.kind = path, kind
+
+
+class RadiographReader(ImageReader):
+    """Read DICOM, PNG/JPEG/BMP/TIFF and NIfTI radiographs as grey ``(x, y)`` arrays with uniform meta data.
+
+    ``read`` only identifies the files; decoding happens in ``get_data``, so that errors are raised there with a
+    clear message instead of sending ``LoadImage`` through its fall-back readers. Meta keys: MONAI's
+    ``spatial_shape``, ``original_channel_dim``, ``affine``, plus ``format``, ``pixel_spacing`` (``[row, column]``
+    mm, NaN when unknown), ``spacing_source``, ``pixel_processing``, ``modality``, ``patient_orientation`` and
+    ``sop_instance_uid`` (empty strings when a format has no such information).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dicom = RadiographDicomReader()
+        self.pil = grey_png_reader()
+        self.nifti = NibabelReader()
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(sniff_format(f) is not None for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs) -> _Unread | list[_Unread]:
+        files = [_Unread(os.fspath(f), sniff_format(f)) for f in ensure_tuple(data)]
+        return files if len(files) > 1 else files[0]
+
+    def get_data(self, img: _Unread | Sequence[_Unread]) -> tuple[np.ndarray, dict]:
+        arrays, meta = [], {}
+        for item in ensure_tuple(img):
+            array, item_meta = self._load(item)
+            arrays.append(array)
+            meta = meta or item_meta
+        return (np.stack(arrays, axis=0) if len(arrays) > 1 else arrays[0]), meta
+
+    def _load(self, item: _Unread) -> tuple[np.ndarray, dict]:
+        if not os.path.isfile(item.path):
+            raise FileNotFoundError(f"{item.path}: no such file")
+        if os.path.getsize(item.path) == 0:
+            raise ValueError(f"{item.path}: empty file (0 bytes)")
+        if item.kind == "dicom":
+            array, meta = self.dicom.get_data(self.dicom.read(item.path))
+        elif item.kind in PIL_FORMATS:
+            try:
+                array, meta = self.pil.get_data(self.pil.read(item.path))
+            except Exception as exc:
+                raise ValueError(
+                    f"{item.path}: cannot decode {item.kind.upper()} ({type(exc).__name__}: {exc})"
+                ) from exc
+            meta = {MetaKeys.SPATIAL_SHAPE: meta[MetaKeys.SPATIAL_SHAPE], "format": item.kind.upper()}
+        elif item.kind == "nifti":
+            array, meta = self._load_nifti(item.path)
+        else:
+            raise ValueError(f"{item.path}: not a DICOM (no 'DICM' marker), PNG, JPEG, BMP, TIFF or NIfTI file")
+        if array.ndim != 2:
+            raise ValueError(f"{item.path}: expected a 2D grey image, got an array of shape {array.shape}")
+        out = {**META_DEFAULTS, **{k: meta[k] for k in META_DEFAULTS if k in meta}}
+        out["pixel_spacing"] = np.asarray(out["pixel_spacing"], dtype=np.float64)
+        out[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape)
+        out[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
+        out[MetaKeys.AFFINE] = np.asarray(meta.get(MetaKeys.AFFINE, np.eye(4)), dtype=np.float64)
+        return array, out
+
+    def _load_nifti(self, path: str) -> tuple[np.ndarray, dict]:
+        try:
+            array, header = self.nifti.get_data(self.nifti.read(path))
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        affine = np.asarray(header.get(MetaKeys.AFFINE, np.eye(4)), dtype=np.float64)
+        meta = {MetaKeys.AFFINE: affine, "format": "NIFTI"}
+        spacing = [float(np.linalg.norm(affine[:3, i])) for i in (0, 1)]  # x (along a row), y
+        units = int(np.asarray(header.get("xyzt_units", 0))) & 7
+        # NIfTI's unit code is often left unset (0) by converters that do write mm spacing: trust a non-unit spacing
+        scale = _NIFTI_UNITS_MM.get(units, 1.0 if units == 0 and spacing != [1.0, 1.0] else None)
+        if scale is not None and all(v > 0 for v in spacing):
+            meta.update(pixel_spacing=(spacing[1] * scale, spacing[0] * scale), spacing_source="NIfTI affine")
+        return np.asarray(array, dtype=np.float32), meta

@@ -1,0 +1,346 @@
+"""The run report of batch inference: one row per discovered file, resume bookkeeping and the exit status.
+
+:class:`RunReport` is created from the config before the engine runs. It discovers the inputs
+(:mod:`scripts.discovery`), decides which of them still need segmenting, receives one row per processed input from
+:class:`scripts.case_writer.CaseWriter`, and at the end writes ``report.csv`` and ``report.json`` and returns the exit
+status.
+
+Resume: each finished input's row is also written, atomically, to ``records/<key>.json`` in the output folder, after
+its output files. A later run into the same folder reuses a row (and does not segment the input again) when its
+status was ``ok``, the input file has the same size and modification time, the run settings (weights, image size,
+post-processing, outputs) are the same, and its output files still exist; ``overwrite=True`` segments everything
+again. Failed inputs are always retried. A run killed half-way therefore resumes where it stopped, and the final
+report has exactly one row per discovered file.
+
+Exit status (see :data:`EXIT_OK`, :data:`EXIT_INPUTS_FAILED`): 0 when every discovered file is ``ok`` or ``skipped``,
+3 when at least one is ``failed`` (the report says which and why). A run that cannot start (no input folder, no
+weights, bad arguments) ends with Python's status 1 and no report.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+
+import numpy as np
+
+from .discovery import RADIOGRAPH_MODALITIES, discover_inputs
+from .postprocess import lung_components, split_labelled_lungs
+from .writers import atomic_write, output_stem
+
+__all__ = ["RunReport", "measure_lungs", "file_signature", "COLUMNS", "EXIT_OK", "EXIT_INPUTS_FAILED"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INPUTS_FAILED = 3
+
+COLUMNS = (
+    "input",
+    "kind",
+    "status",
+    "reason",
+    "rows",
+    "columns",
+    "pixel_spacing_mm",
+    "spacing_source",
+    "lung_area_px",
+    "lung_area_cm2",
+    "right_lung_area_px",
+    "left_lung_area_px",
+    "right_lung_area_cm2",
+    "left_lung_area_cm2",
+    "lung_fraction",
+    "components",
+    "quality_flags",
+    "mask_png",
+    "mask_nifti",
+    "seg_dicom",
+    "overlay_png",
+    "sop_instance_uid",
+    "seg_sop_instance_uid",
+    "pixel_processing",
+    "reused",
+)
+OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay_png")
+
+
+def file_signature(path: str) -> str:
+    """``"<absolute path>|<size>|<mtime_ns>"`` of a file (``"<path>|missing"``): changes when the file is replaced."""
+    path = os.path.abspath(str(path))
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return f"{path}|missing"
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def measure_lungs(
+    mask: np.ndarray,
+    pixel_spacing: tuple[float, float] | None = None,
+    right_on_image_left: bool = True,
+    lung_fraction_range: tuple[float, float] = (0.05, 0.6),
+    max_side_ratio: float = 2.5,
+) -> dict:
+    """Areas and quality flags of a 2D lung mask.
+
+    Args:
+        mask: ``(rows, columns)`` labels; non-zero is lung. Values 1/2 are taken as right/left lung when both occur,
+            else the sides are found with :func:`scripts.postprocess.split_lung_sides`.
+        pixel_spacing: ``(row, column)`` mm; areas in cm^2 are ``None`` when unknown.
+        right_on_image_left: patient's right on the image's left (only used when the sides must be found).
+        lung_fraction_range: lung pixels / image pixels outside this range are flagged.
+        max_side_ratio: a larger ratio between the two lungs' areas is flagged.
+
+    Returns:
+        ``lung_area_px``, ``right_lung_area_px``, ``left_lung_area_px``, their ``_cm2`` versions, ``lung_fraction``,
+        ``components`` and ``quality_flags`` (list of: ``empty_mask``, ``not_two_components``, ``lung_fraction_low``,
+        ``lung_fraction_high``, ``right_left_imbalance``).
+    """
+    mask = np.asarray(mask)
+    lung = mask > 0
+    labels, sizes = lung_components(lung)
+    components = int(np.count_nonzero(sizes))
+    if np.any(mask == 1) and np.any(mask == 2) and mask.max() == 2:
+        sides = mask
+    else:  # the split works on MONAI's (x, y): transpose there and back
+        sides = split_labelled_lungs(lung.T, labels.T, sizes, right_on_image_left).T
+    area = int(lung.sum())
+    right, left = int((sides == 1).sum()), int((sides == 2).sum())
+    fraction = area / lung.size if lung.size else 0.0
+    flags = []
+    if area == 0:
+        flags.append("empty_mask")
+    if components != 2:
+        flags.append("not_two_components")
+    if area and fraction < lung_fraction_range[0]:
+        flags.append("lung_fraction_low")
+    if fraction > lung_fraction_range[1]:
+        flags.append("lung_fraction_high")
+    if right and left and max(right, left) / min(right, left) > max_side_ratio:
+        flags.append("right_left_imbalance")
+    cm2 = pixel_spacing[0] * pixel_spacing[1] / 100.0 if pixel_spacing else None
+    return {
+        "lung_area_px": area,
+        "lung_area_cm2": round(area * cm2, 2) if cm2 else None,
+        "right_lung_area_px": right,
+        "left_lung_area_px": left,
+        "right_lung_area_cm2": round(right * cm2, 2) if cm2 else None,
+        "left_lung_area_cm2": round(left * cm2, 2) if cm2 else None,
+        "lung_fraction": round(fraction, 4),
+        "components": components,
+        "quality_flags": flags,
+    }
+
+
+def _csv_value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    return str(value)
+
+
+class RunReport:
+    """Discovery, resume decisions, per-input rows and the final report of one batch-inference run.
+
+    Args:
+        dataset_dir: input folder (searched recursively) or datalist JSON file.
+        output_dir: output folder (created); also holds ``records/``, ``report.csv`` and ``report.json``.
+        overwrite: segment every input again, even those a previous run finished.
+        settings: everything that changes the outputs (weights signature, image size, post-processing and output
+            options); a previous row is reused only when its settings are equal.
+        modalities: DICOM Modality values that are segmented.
+        datalist_key: list to read from a datalist JSON file (default ``"testing"``, else ``"test"``).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        output_dir: str,
+        overwrite: bool = False,
+        settings: dict | None = None,
+        modalities=RADIOGRAPH_MODALITIES,
+        datalist_key: str | None = None,
+    ) -> None:
+        self.output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+        if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(self.output_dir):
+            raise ValueError(
+                f"output_dir is the input folder ({self.output_dir}): choose another --output_dir, or a "
+                "sub-folder of the input (it is then not searched for inputs)"
+            )
+        self.records_dir = os.path.join(self.output_dir, "records")
+        os.makedirs(self.records_dir, exist_ok=True)
+        self._remove_stale_temporary_files()
+        self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.settings = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
+        self.settings_id = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.inputs = discover_inputs(
+            dataset_dir, exclude=[self.output_dir], modalities=modalities, datalist_key=datalist_key
+        )
+        self._entries = {e["key"]: e for e in self.inputs}
+        self.rows: dict[str, dict] = {}
+        self.pending: list[dict] = []
+        for entry in self.inputs:
+            if entry["status"] != "pending":
+                self.rows[entry["key"]] = self.base_row(entry["key"], status=entry["status"], reason=entry["reason"])
+                continue
+            previous = None if overwrite else self._reusable(entry)
+            if previous is not None:
+                self.rows[entry["key"]] = {**previous, "reused": True}
+                continue
+            self.pending.append(
+                {
+                    "image": entry["path"],
+                    "case_key": entry["key"],
+                    # absolute paths (datalist entries outside the datalist's folder) keep only their file name
+                    "output_stem": output_stem(
+                        os.path.basename(entry["input"]) if os.path.isabs(entry["input"]) else entry["input"],
+                        entry["key"],
+                    ),
+                }
+            )
+        self.done_before = len(self.inputs) - len(self.pending)
+        if self.done_before and not overwrite:
+            reused = sum(bool(r.get("reused")) for r in self.rows.values())
+            if reused:
+                logger.info(
+                    "%d inputs were finished by a previous run into %s and are not segmented again "
+                    "(--overwrite true to redo them)",
+                    reused,
+                    self.output_dir,
+                )
+
+    def _remove_stale_temporary_files(self) -> None:
+        """Delete ``.tmp-*`` files that a killed run left behind (one run per output folder at a time)."""
+        for folder, _, files in os.walk(self.output_dir):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    os.remove(os.path.join(folder, name))
+
+    def entry(self, key: str) -> dict:
+        """The discovery entry of ``key``."""
+        return self._entries[key]
+
+    def base_row(self, key: str, **values) -> dict:
+        """A report row for input ``key`` with every column, filled with ``values``."""
+        entry = self.entry(key)
+        row = {c: None for c in COLUMNS}
+        row.update(input=entry["input"], kind=entry["kind"], reused=False, quality_flags=[])
+        row.update(values)
+        return row
+
+    def record(self, key: str, row: dict) -> None:
+        """Store the row of a processed input, durably (``records/<key>.json``), for the report and resumed runs."""
+        entry = self.entry(key)
+        stored = {
+            **row,
+            "_source": {"size": entry["size"], "mtime_ns": entry["mtime_ns"]},
+            "_settings": self.settings_id,
+        }
+        text = json.dumps(stored, indent=4, default=str)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+
+        atomic_write(os.path.join(self.records_dir, f"{key}.json"), write)
+        self.rows[key] = row
+
+    def _reusable(self, entry: dict) -> dict | None:
+        path = os.path.join(self.records_dir, f"{entry['key']}.json")
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            return None
+        source = stored.pop("_source", {})
+        if (
+            stored.get("status") != "ok"
+            or stored.pop("_settings", None) != self.settings_id
+            or source.get("size") != entry["size"]
+            or source.get("mtime_ns") != entry["mtime_ns"]
+            or any(
+                stored.get(c) and not os.path.isfile(os.path.join(self.output_dir, stored[c])) for c in OUTPUT_COLUMNS
+            )
+        ):
+            return None
+        return {c: stored.get(c) for c in COLUMNS}
+
+    def final_rows(self) -> list[dict]:
+        """One row per discovered file, in discovery order (inputs never processed are ``failed``)."""
+        return [
+            self.rows.get(e["key"]) or self.base_row(e["key"], status="failed", reason="not processed (run stopped)")
+            for e in self.inputs
+        ]
+
+    def summary(self, rows: list[dict] | None = None) -> dict:
+        rows = self.final_rows() if rows is None else rows
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+        return {
+            "files_found": len(rows),
+            **counts,
+            "reused_from_previous_run": sum(bool(r.get("reused")) for r in rows),
+            "exit_status": EXIT_INPUTS_FAILED if counts["failed"] else EXIT_OK,
+        }
+
+    def write(self) -> dict:
+        """Write ``report.csv`` and ``report.json`` (atomically); return the summary."""
+        rows = self.final_rows()
+        summary = self.summary(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _csv_value(row.get(c)) for c in COLUMNS})
+        document = {
+            "summary": summary,
+            "started": self.started,
+            "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "output_dir": self.output_dir,
+            "settings": self.settings,
+            "rows": rows,
+        }
+        atomic_write(os.path.join(self.output_dir, "report.csv"), lambda tmp: _write_text(tmp, buffer.getvalue()))
+        atomic_write(
+            os.path.join(self.output_dir, "report.json"),
+            lambda tmp: _write_text(tmp, json.dumps(document, indent=4, default=str)),
+        )
+        return summary
+
+    def finish(self) -> int:
+        """Write the report, log the summary, and end the process with :data:`EXIT_INPUTS_FAILED` if any input failed.
+
+        Returns :data:`EXIT_OK` otherwise (used as ``finalize`` of ``configs/inference.json``).
+        """
+        summary = self.write()
+        for row in self.final_rows():
+            if row["status"] == "failed":
+                logger.warning("FAILED %s: %s", row["input"], row["reason"])
+        logger.info(
+            "%d files found: %d ok (%d from a previous run), %d skipped, %d failed. Report: %s",
+            summary["files_found"],
+            summary["ok"],
+            summary["reused_from_previous_run"],
+            summary["skipped"],
+            summary["failed"],
+            os.path.join(self.output_dir, "report.csv"),
+        )
+        if summary["exit_status"] != EXIT_OK:
+            raise SystemExit(summary["exit_status"])
+        return EXIT_OK
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", newline="") as f:
+        f.write(text)

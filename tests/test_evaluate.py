@@ -1,0 +1,106 @@
+"""evaluate.json as users run it: Dice, IoU, HD95 and ASD per case on the original image grid (MetricsSaver CSVs and
+a printed table), equal to what the masks written by inference.json score."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BUNDLE
+from PIL import Image
+
+from scripts.synthetic import synthetic_case
+
+pytestmark = pytest.mark.slow
+
+
+def run_config(config: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"configs/{config}", *args],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, f"{config} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def per_case(path) -> dict[str, float]:
+    with open(path) as f:
+        return {os.path.basename(r["filename"]): float(r["mean"]) for r in csv.DictReader(f)}
+
+
+def model_args(trained_model: dict) -> list[str]:
+    return ["--ckpt_path", str(trained_model["models"] / "model.pt"), "--image_size", "[96,96]", "--num_workers", "0"]
+
+
+def test_metrics_per_case_on_the_original_grid(trained_model, tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for seed in range(4):
+        image, mask = synthetic_case(seed)
+        Image.fromarray(image).save(data / "images" / f"case{seed}.png")
+        if seed == 0:  # a mask stored at twice its image's size (as the Kaggle Shenzhen masks are): resized onto it
+            mask = np.asarray(Image.fromarray(mask).resize((mask.shape[1] * 2, mask.shape[0] * 2), Image.NEAREST))
+        Image.fromarray(mask).save(data / "masks" / f"case{seed}.png")
+
+    log = run_config(
+        "evaluate.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "eval"), *model_args(trained_model)
+    )
+    scores = {m: per_case(tmp_path / "eval" / f"{m}_raw.csv") for m in ("dice", "iou", "hd95", "asd")}
+    assert all(sorted(s) == [f"case{i}.png" for i in range(4)] for s in scores.values())
+    for name, d in scores["dice"].items():
+        assert d > 0.9 and scores["iou"][name] == pytest.approx(d / (2 - d), abs=1e-4)
+        assert 0 <= scores["asd"][name] <= scores["hd95"][name] < 10  # pixels
+    assert "per-case metrics (4 cases)" in log and "case3.png" in log
+    mean_line = next(line for line in log.splitlines() if line.startswith("mean "))
+    assert float(mean_line.split()[1]) == pytest.approx(np.mean(list(scores["dice"].values())), abs=1e-4)
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        assert {row[0] for row in csv.reader(f)} == {"dice", "iou", "hd95", "asd"}
+    assert (tmp_path / "eval" / "dice_summary.csv").is_file()
+
+    # the masks batch inference writes score exactly what evaluate.json reports: same pixels, same grid
+    run_config(
+        "inference.json",
+        "--dataset_dir",
+        str(data / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--write_overlay",
+        "false",
+        *model_args(trained_model),
+    )
+    with open(tmp_path / "out" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        predicted = np.asarray(Image.open(tmp_path / "out" / row["mask_png"])) > 0
+        truth = np.asarray(Image.open(data / "masks" / row["input"]))
+        if truth.shape != predicted.shape:
+            truth = np.asarray(Image.fromarray(truth).resize(predicted.shape[::-1], Image.NEAREST))
+        truth = truth > 0
+        expected = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+        assert scores["dice"][row["input"]] == pytest.approx(expected, abs=1e-5), row["input"]
+
+
+def test_evaluate_on_real_radiographs_prints_per_case_and_mean_dice(trained_model, real_sample, tmp_path):
+    names = ["CHNCXR_0601_1.png", "CHNCXR_0603_1.png", "MCUCXR_0196_1.png"]  # Shenzhen masks differ in size
+    cases = [{"image": str(real_sample / "images" / n), "label": str(real_sample / "masks" / n)} for n in names]
+    (tmp_path / "list.json").write_text(json.dumps({"training": cases}))
+    log = run_config(
+        "evaluate.json",
+        "--dataset_dir",
+        str(tmp_path / "list.json"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        *model_args(trained_model),
+    )
+    dice = per_case(tmp_path / "eval" / "dice_raw.csv")
+    assert sorted(dice) == sorted(names) and all(0 <= d <= 1 for d in dice.values())
+    table = log[log.index("per-case metrics (3 cases)") :]
+    assert all(name in table for name in names) and "\nmean " in table

@@ -1,0 +1,208 @@
+"""The parts of batch inference on their own (no network): discovery and its reasons, safe atomic writers, the
+right/left lung split and relative component filter, lung measurements, and failure handling in the dataset."""
+
+import json
+import os
+
+import dicom_factory as make
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.data import MetaTensor
+from PIL import Image
+
+from scripts.discovery import discover_inputs
+from scripts.fault_tolerance import ERROR_KEY, FAILED_KEY, GuardedDataset, collate_skipping_failures
+from scripts.postprocess import DropSmallComponentsd, LabelLungSidesd, patient_right_on_image_left, split_lung_sides
+from scripts.report import measure_lungs
+from scripts.synthetic import synthetic_case
+from scripts.writers import atomic_write, inside, output_stem, write_dicom_seg
+
+
+def test_discovery_classifies_every_file_with_a_reason(tmp_path):
+    image = synthetic_case(0)[0]
+    make.save(make.radiograph(image), tmp_path / "a" / "IM0001")
+    make.save(make.radiograph(image, modality="CT", sop_class=make.CT_IMAGE), tmp_path / "a" / "ct.dcm")
+    make.save(make.radiograph(np.stack([image] * 2)), tmp_path / "a" / "frames.dcm")
+    make.save(make.structured_report(), tmp_path / "b" / "sr.dcm")
+    make.save(make.key_object_selection(), tmp_path / "b" / "kos")
+    make.save(make.presentation_state(), tmp_path / "b" / "pr.dcm")
+    make.save(make.encapsulated_pdf(), tmp_path / "b" / "pdf.dcm")
+    make.write_dicomdir(tmp_path / "media", [make.radiograph(image)])
+    Image.fromarray(image).save(tmp_path / "c.png")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "junk.bin").write_bytes(b"\x01" * 500)
+    (tmp_path / "fake.dcm").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".hidden.dcm").write_bytes(b"x")  # hidden files are not inputs
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.png").write_bytes(b"x")  # the output folder is excluded
+
+    found = {e["input"]: e for e in discover_inputs(str(tmp_path), exclude=[str(tmp_path / "out")])}
+    expected = {
+        "a/IM0001": ("pending", ""),
+        "a/ct.dcm": ("skipped", "modality CT is not a projection radiograph"),
+        "a/frames.dcm": ("skipped", "multi-frame image (2 frames"),
+        "b/sr.dcm": ("skipped", "structured report"),
+        "b/kos": ("skipped", "Key Object Selection"),
+        "b/pr.dcm": ("skipped", "presentation state"),
+        "b/pdf.dcm": ("skipped", "encapsulated document (Encapsulated PDF Storage)"),
+        "media/DICOMDIR": ("skipped", "DICOMDIR"),
+        "media/PT000000/ST000000/SE000000/IM000000": ("pending", ""),
+        "c.png": ("pending", ""),
+        "empty.dcm": ("failed", "empty file (0 bytes)"),
+        "junk.bin": ("failed", "unrecognised file"),
+        "fake.dcm": ("failed", "not a DICOM file"),
+        "notes.txt": ("skipped", "not an image (.txt file)"),
+    }
+    assert set(found) == set(expected)
+    for name, (status, reason) in expected.items():
+        assert found[name]["status"] == status and reason in found[name]["reason"], (name, found[name])
+    assert len({e["key"] for e in found.values()}) == len(found)
+
+
+def test_datalist_json_replaces_the_folder(tmp_path):
+    Image.fromarray(synthetic_case(0)[0]).save(tmp_path / "a.png")
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"testing": [{"image": "a.png"}, "missing.png", {"image": "a.png"}]}))
+    entries = discover_inputs(str(datalist))
+    assert [(e["input"], e["status"]) for e in entries] == [
+        ("a.png", "pending"),
+        ("missing.png", "failed"),
+        ("a.png", "skipped"),
+    ]
+    assert entries[1]["reason"] == "file not found" and "listed twice" in entries[2]["reason"]
+    datalist.write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError, match="'testing' or 'test'"):
+        discover_inputs(str(datalist))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover_inputs(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        "a/../../b.png",
+        ".hidden.png",
+        "x" * 300 + ".dcm",
+        "we ird ü (1).png",
+        "C:\\Windows\\evil.dcm",
+        "a/./b/../c\x00d.dcm",
+    ],
+)
+def test_output_names_cannot_escape_the_output_folder(tmp_path, name):
+    stem = output_stem(name, "0123456789abcdef")
+    assert all(part and not part.startswith(".") and len(part) <= 80 for part in stem.split("/"))
+    assert set(stem) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
+    path = inside(str(tmp_path), stem + "_mask.png")
+    assert os.path.commonpath([str(tmp_path), path]) == str(tmp_path)
+
+
+def test_inside_refuses_symbolic_links_out_of_the_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "out" / "link")
+    with pytest.raises(ValueError, match="outside the output folder"):
+        inside(str(tmp_path / "out"), "link/x_mask.png")
+    with pytest.raises(ValueError, match="outside the output folder"):
+        inside(str(tmp_path / "out"), "../x.png")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(str(tmp_path / "x.png"), fail)
+    assert os.listdir(tmp_path) == []
+
+
+def two_lungs(shape=(120, 100), right_lung_wider=True) -> np.ndarray:
+    """(x, y) mask: a lung on the image's left (x < 50) and one on its right; the image-left one is larger."""
+    mask = np.zeros(shape, np.uint8)
+    mask[10 : 45 if right_lung_wider else 35, 20:80] = 1
+    mask[60:95, 20:70] = 1
+    return mask
+
+
+def test_split_lung_sides_puts_the_patients_right_on_the_image_left():
+    sides = split_lung_sides(two_lungs())
+    assert set(np.unique(sides[10:35, 20:80])) == {1} and set(np.unique(sides[60:95, 20:70])) == {2}
+    flipped = split_lung_sides(two_lungs(), right_on_image_left=False)
+    assert set(np.unique(flipped[10:35, 20:80])) == {2}
+    merged = two_lungs()
+    merged[40:65, 40:45] = 1  # a bridge: one component, split at the narrow middle
+    sides = split_lung_sides(merged)
+    assert (sides[:30] == 2).sum() == 0 and (sides[70:] == 1).sum() == 0
+    assert patient_right_on_image_left("L\\F") and not patient_right_on_image_left("R\\F")
+    assert patient_right_on_image_left("")
+
+
+def test_label_lung_sides_transform_reads_the_patient_orientation():
+    mask = MetaTensor(torch.as_tensor(two_lungs()[None], dtype=torch.float32), meta={"patient_orientation": "R\\F"})
+    out = LabelLungSidesd("pred")({"pred": mask})["pred"]
+    assert out.shape == mask.shape and out[0, 20, 50] == 2 and out[0, 70, 50] == 1
+
+
+def test_drop_small_components_is_relative_to_the_largest():
+    mask = two_lungs()
+    mask[110:114, 90:94] = 1  # 16 pixels: below 10% of the largest lung
+    out = DropSmallComponentsd("pred", min_fraction=0.1)({"pred": torch.as_tensor(mask[None], dtype=torch.float32)})
+    np.testing.assert_array_equal(out["pred"][0].numpy(), two_lungs())
+
+
+def test_measure_lungs_areas_and_flags():
+    mask = two_lungs().T  # (rows, columns)
+    m = measure_lungs(mask, pixel_spacing=(0.2, 0.1))
+    assert m["lung_area_px"] == mask.sum() and m["right_lung_area_px"] == 35 * 60 and m["left_lung_area_px"] == 35 * 50
+    assert m["lung_area_cm2"] == round(mask.sum() * 0.02 / 100, 2) and m["components"] == 2
+    assert m["quality_flags"] == []
+    assert measure_lungs(np.zeros((50, 50)))["quality_flags"] == ["empty_mask", "not_two_components"]
+    one = np.zeros((100, 100), np.uint8)
+    one[10:90, 10:90] = 1
+    assert {"not_two_components", "lung_fraction_high"} <= set(measure_lungs(one)["quality_flags"])
+    assert measure_lungs(mask, None)["lung_area_cm2"] is None
+
+
+def test_failed_items_travel_as_markers(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from scripts.radiograph_reader import RadiographReader
+
+    Image.fromarray(synthetic_case(0)[0]).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    transform = Compose(
+        [
+            LoadImaged("image", reader=RadiographReader(), image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+        ]
+    )
+    data = [{"image": str(tmp_path / n), "case_key": n} for n in ("good.png", "bad.png")]
+    items = [GuardedDataset(data, transform)[i] for i in range(2)]
+    assert ERROR_KEY not in items[0] and "bad.png: cannot decode PNG" in items[1][ERROR_KEY]
+    batch = collate_skipping_failures(items)
+    assert batch["image"].shape[0] == 1 and [f["case_key"] for f in batch[FAILED_KEY]] == ["bad.png"]
+    assert list(collate_skipping_failures(items[1:])) == [FAILED_KEY]
+
+
+def test_dicom_seg_without_patient_details_still_references_its_source(tmp_path):
+    image, mask = synthetic_case(2)
+    source = make.radiograph(image, imager_pixel_spacing=(0.3, 0.2))
+    del source.PatientName, source.StudyDate  # anonymised exports drop these
+    path, uid = write_dicom_seg(
+        str(tmp_path / "seg.dcm"), source, mask > 0, pixel_spacing=(0.3, 0.2), label_sides=False, uid_seed="settings-1"
+    )
+    seg = pydicom.dcmread(path)
+    assert seg.SOPInstanceUID == uid and seg.StudyInstanceUID == source.StudyInstanceUID
+    again = write_dicom_seg(str(tmp_path / "seg2.dcm"), source, mask > 0, uid_seed="settings-1")[1]
+    other = write_dicom_seg(str(tmp_path / "seg3.dcm"), source, mask > 0, uid_seed="settings-2")[1]
+    assert again == uid != other  # same source and settings: same UID; new settings: new UID
+    del source.StudyInstanceUID
+    with pytest.raises(ValueError, match="lacks StudyInstanceUID"):
+        write_dicom_seg(str(tmp_path / "seg4.dcm"), source, mask > 0)
