@@ -45,13 +45,9 @@ def run_bundle(args: list[str], log_path: str) -> None:
 
 
 def read_metric(output_dir: str, name: str) -> dict[str, float]:
-    """Per-case values from MetricsSaver's `<name>_raw.csv` (tab-separated: filename, value(s))."""
-    values = {}
+    """Per-case values from MetricsSaver's `<name>_raw.csv` (`filename,class0,...,mean`): the `mean` column."""
     with open(os.path.join(output_dir, f"{name}_raw.csv")) as f:
-        for row in csv.reader(f, delimiter="\t"):
-            if row and row[0] != "filename":
-                values[os.path.basename(row[0])] = float(np.nanmean([float(v) for v in row[1:]]))
-    return values
+        return {os.path.basename(row["filename"]): float(row["mean"]) for row in csv.DictReader(f)}
 
 
 def main() -> None:
