@@ -280,6 +280,11 @@ def test_output_names_are_safe_and_inside_the_output_folder(mixed_folder):
     assert overlay.mode == "RGB" and overlay.size == (round(columns * 256 / rows), 256)
 
 
+def finished_records(out: Path) -> list[Path]:
+    """Records a run has finished: pathlib's glob also matches the ``.tmp-*.json`` files being written."""
+    return [p for p in (out / "records").glob("*.json") if not p.name.startswith(".")]
+
+
 def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     for seed in range(10):
@@ -306,13 +311,13 @@ def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tm
     ]
     proc = subprocess.Popen(command, cwd=BUNDLE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 3 and proc.poll() is None:
+    while time.time() < deadline and len(finished_records(out)) < 3 and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("*_mask.png")}
     assert (
-        3 <= len(list((out / "records").glob("*.json"))) < 10 and not (out / "report.csv").exists()
+        3 <= len(finished_records(out)) < 10 and not (out / "report.csv").exists()
     ), "the run was not interrupted half-way"
 
     run_inference("--dataset_dir", str(src), "--output_dir", str(out), *model_args(trained_model), expect=EXIT_OK)
