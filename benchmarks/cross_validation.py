@@ -8,6 +8,8 @@ overall mean, median and worst Dice, 95% Hausdorff distance, and the time it too
     python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
     python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
     python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
+    python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--min_component_fraction 0"
+                                          # post-processing ablation: evaluate the fold models kept in W again
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def main() -> None:
         help="'tutorial' adds configs/recipe_tutorial.json (the original FCN_v2 settings)",
     )
     parser.add_argument("--workdir", default=None, help="keep fold models and logs here (default: a temp folder)")
+    parser.add_argument(
+        "--reuse_models", action="store_true", help="skip training where the work folder has the fold's model.pt"
+    )
+    parser.add_argument("--eval_args", default="", help="evaluate.json overrides, e.g. '--keep_components 3'")
+    parser.add_argument("--eval_dir", default="eval", help="name of each fold's evaluation folder")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
     args = parser.parse_args()
     overrides = [o for o in args.overrides if o != "--"]
@@ -74,7 +81,10 @@ def main() -> None:
     train_config = "configs/train.json"
     if args.recipe == "tutorial":
         train_config = "['configs/train.json','configs/recipe_tutorial.json']"
-    print(f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}")
+    print(
+        f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}, "
+        f"evaluation overrides {args.eval_args.split()}"
+    )
     start = time.perf_counter()
     dice, hd95 = {}, {}
     for fold, held_out in enumerate(folds_of(cases, args.folds, args.seed)):
@@ -85,24 +95,11 @@ def main() -> None:
         with open(datalist, "w") as f:
             json.dump({"training": train, "test": held_out}, f, indent=2)
         t0 = time.perf_counter()
-        run_bundle(
-            [
-                "run",
-                "training",
-                "--config_file",
-                train_config,
-                "--dataset_dir",
-                datalist,
-                "--ckpt_dir",
-                f"{fold_dir}/models",
-                "--output_dir",
-                f"{fold_dir}/train",
-                "--val_fraction",
-                "0.15",
-                *overrides,
-            ],
-            f"{fold_dir}/train.log",
-        )
+        if not (args.reuse_models and os.path.isfile(f"{fold_dir}/models/model.pt")):
+            train_args = ["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
+                          "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train",
+                          "--val_fraction", "0.15", *overrides]  # fmt: skip
+            run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
         # the evaluation must see images at the size the fold's model was trained at
         inference_overrides = [
@@ -120,12 +117,14 @@ def main() -> None:
                 "--ckpt_path",
                 f"{fold_dir}/models/model.pt",
                 "--output_dir",
-                f"{fold_dir}/eval",
+                f"{fold_dir}/{args.eval_dir}",
                 *inference_overrides,
+                *args.eval_args.split(),
             ],
-            f"{fold_dir}/eval.log",
+            f"{fold_dir}/{args.eval_dir}.log",
         )
-        fold_dice, fold_hd = read_metric(f"{fold_dir}/eval", "dice"), read_metric(f"{fold_dir}/eval", "hd95")
+        eval_dir = f"{fold_dir}/{args.eval_dir}"
+        fold_dice, fold_hd = read_metric(eval_dir, "dice"), read_metric(eval_dir, "hd95")
         dice.update(fold_dice)
         hd95.update(fold_hd)
         print(

@@ -45,11 +45,14 @@ def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subpr
     return proc
 
 
-def train_tiny_model(workdir: Path, num_cases: int = 24, image_size: int = 96, epochs: int = 12, extra=()) -> dict:
-    """Train the real FCN through ``monai.bundle run training`` on a small synthetic set; return paths and log."""
+def train_tiny_model(
+    workdir: Path, num_cases: int = 24, image_size: int = 96, epochs: int = 12, extra=(), data: str | None = None
+) -> dict:
+    """Train the real FCN through ``monai.bundle run training`` on ``data`` (default: a small synthetic set); return
+    paths and log."""
     from scripts.synthetic import generate_synthetic_dataset
 
-    data = generate_synthetic_dataset(str(workdir / "data"), num_cases=num_cases, seed=100)
+    data = data or generate_synthetic_dataset(str(workdir / "data"), num_cases=num_cases, seed=100)
     proc = run_bundle(
         "run",
         "training",
@@ -81,3 +84,19 @@ def train_tiny_model(workdir: Path, num_cases: int = 24, image_size: int = 96, e
 def trained_model(tmp_path_factory) -> dict:
     """A real FCN trained for a few epochs on synthetic data (shared by the tests that need sensible masks)."""
     return train_tiny_model(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def real_trained_model(tmp_path_factory) -> dict:
+    """The FCN trained briefly on 16 of the real radiographs (96x96): a model whose masks on real images are lungs, for
+    tests that compare two paths on real pixels (a synthetic-data model's masks there are arbitrary, even empty)."""
+    import json
+
+    if not (REAL_SAMPLE / "images").is_dir():
+        pytest.skip(f"real sample not found at {REAL_SAMPLE}")
+    workdir = tmp_path_factory.mktemp("real_trained")
+    names = sorted(p.name for p in (REAL_SAMPLE / "images").glob("CHNCXR_*.png"))[-16:]
+    cases = [{"image": str(REAL_SAMPLE / "images" / n), "label": str(REAL_SAMPLE / "masks" / n)} for n in names]
+    datalist = workdir / "datalist.json"
+    datalist.write_text(json.dumps({"training": cases[:13], "validation": cases[13:]}))
+    return train_tiny_model(workdir, epochs=20, data=str(datalist))

@@ -318,6 +318,9 @@ def _batch_masks(workdir: Path, studies: dict, weights: Path) -> dict[str, np.nd
         "False",
         "--num_workers",
         "0",
+        # MONAI Label runs `network_def` itself, in fp32: compare with the fp32 path, not the bf16 fast path
+        "--precision",
+        "fp32",
     )
     masks = {}
     for kind in ("png", "jpeg", "dicom"):
