@@ -5,8 +5,8 @@ Writes N single-frame DX DICOMs of 2000x2500 pixels (12-bit, from the synthetic 
 user would (all outputs: mask PNG, DICOM SEG, overlay, report). Printed, all measured in this run:
 
 * end-to-end files/s (whole command, start-up included) and steady-state files/s (the engine's own run time);
-* the network alone on the same batches (random 1x224x224 input, fp32, same batch size), as the baseline the
-  end-to-end rate is compared with;
+* the network alone on the same batches (random 1x224x224 input, same batch size), as the original fp32 eager loop
+  and as the bundle's fast path, the baselines the end-to-end rate is compared with;
 * peak memory of the inference process tree (main process + DataLoader workers, sampled every 0.1 s; PSS, which
   counts pages the workers share with the main process once, and RSS, which counts them per process), on N/4 files
   and on N files: their ratio shows whether memory stays flat as the folder grows.
@@ -139,10 +139,13 @@ def run_inference(folder: str, output: str, extra: list[str]) -> dict:
     return {"wall_s": wall, "engine_s": engine, "peak_rss_mb": peak[0], "peak_pss_mb": peak[1]}
 
 
-def network_only_images_per_s(batch: int, size: int, seconds: float) -> float:
+def network_only_images_per_s(batch: int, size: int, seconds: float, fast: bool = False) -> float:
+    """The network alone on random input: the original fp32 eager loop, or the bundle's fast path (``fast``)."""
+    from scripts.acceleration import FastNetwork
     from scripts.network import VGG16FCN
 
     net = VGG16FCN().eval()
+    net = FastNetwork(net, "cpu", "auto", channels_last=True) if fast else net
     x = torch.rand(batch, 1, size, size)
 
     def step():
@@ -180,6 +183,7 @@ def main() -> None:
         first = run_inference(os.path.join(tmp, "dicom_small"), os.path.join(tmp, "out_small"), extra)
         full = run_inference(os.path.join(tmp, "dicom"), os.path.join(tmp, "out"), extra)
         net = network_only_images_per_s(args.batch_size, 224, seconds=15)
+        fast = network_only_images_per_s(args.batch_size, 224, seconds=15, fast=True)
 
     print(f"\nbatch {args.batch_size}, {args.num_workers} workers, CPU threads {torch.get_num_threads()}")
     print(
@@ -189,6 +193,10 @@ def main() -> None:
     print(
         f"network alone at 224, fp32 eager: {net:.2f} images/s; end-to-end (engine) / network-only = "
         f"{large / full['engine_s'] / net:.2f}"
+    )
+    print(
+        f"network alone at 224, bundle fast path (what inference.json runs): {fast:.2f} images/s; end-to-end "
+        f"(engine) time / network-only time = {fast / (large / full['engine_s']):.2f}"
     )
     for kind in ("pss", "rss"):
         a, b = first[f"peak_{kind}_mb"], full[f"peak_{kind}_mb"]
