@@ -8,6 +8,7 @@ overall mean, median and worst Dice, 95% Hausdorff distance, and the time it too
     python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
     python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
     python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
+    python benchmarks/cross_validation.py --only_folds 0 4 -- --opacity_prob 0  # quick screen on two folds
     python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--min_component_fraction 0"
                                           # post-processing ablation: evaluate the fold models kept in W again
 """
@@ -63,6 +64,9 @@ def main() -> None:
         default="default",
         help="'tutorial' adds configs/recipe_tutorial.json (the original FCN_v2 settings)",
     )
+    parser.add_argument(
+        "--only_folds", type=int, nargs="+", default=None, help="run only these folds (a quick screen of a change)"
+    )
     parser.add_argument("--workdir", default=None, help="keep fold models and logs here (default: a temp folder)")
     parser.add_argument(
         "--reuse_models", action="store_true", help="skip training where the work folder has the fold's model.pt"
@@ -88,6 +92,8 @@ def main() -> None:
     start = time.perf_counter()
     dice, hd95 = {}, {}
     for fold, held_out in enumerate(folds_of(cases, args.folds, args.seed)):
+        if args.only_folds is not None and fold not in args.only_folds:
+            continue
         fold_dir = os.path.join(workdir, f"fold{fold}")
         os.makedirs(fold_dir, exist_ok=True)
         train = [c for c in cases if c not in held_out]
