@@ -10,11 +10,18 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import FillHolesd
 from PIL import Image
 
 from scripts.discovery import discover_inputs
 from scripts.fault_tolerance import ERROR_KEY, FAILED_KEY, GuardedDataset, collate_skipping_failures
-from scripts.postprocess import DropSmallComponentsd, LabelLungSidesd, patient_right_on_image_left, split_lung_sides
+from scripts.postprocess import (
+    DropSmallComponentsd,
+    FillEnclosedHolesd,
+    LabelLungSidesd,
+    patient_right_on_image_left,
+    split_lung_sides,
+)
 from scripts.report import measure_lungs
 from scripts.synthetic import synthetic_case
 from scripts.writers import atomic_write, inside, output_stem, write_dicom_seg
@@ -155,6 +162,35 @@ def test_drop_small_components_is_relative_to_the_largest():
     mask[110:114, 90:94] = 1  # 16 pixels: below 10% of the largest lung
     out = DropSmallComponentsd("pred", min_fraction=0.1)({"pred": torch.as_tensor(mask[None], dtype=torch.float32)})
     np.testing.assert_array_equal(out["pred"][0].numpy(), two_lungs())
+
+
+@pytest.mark.parametrize("connectivity", [None, 1])
+def test_fill_enclosed_holes_gives_monai_fill_holes_result(tmp_path, connectivity):
+    """Lung-like masks with holes of every kind: enclosed, touching the edge, diagonal leaks, a hole in a hole."""
+    rng = np.random.default_rng(0)
+    lungs = np.zeros((300, 240), np.uint8)  # (rows, columns) as written
+    lungs[30:270, 20:110] = 255
+    lungs[30:270, 130:225] = 255
+    lungs[60:90, 40:70] = 0  # an enclosed hole
+    lungs[70:80, 50:60] = 255  # an island in it
+    lungs[100:140, 200:240] = 0  # open to the right edge
+    lungs[200:210, 60:70] = 0  # a hole that leaks out only diagonally ...
+    for step in range(41):
+        lungs[210 + step, 70 + step] = 0  # ... along a one-pixel diagonal to the gap between the lungs
+    lungs[rng.random(lungs.shape) < 0.01] = 0  # pepper
+    Image.fromarray(lungs).save(tmp_path / "mask.png")
+    masks = [np.asarray(Image.open(tmp_path / "mask.png")).T[None] > 0]
+    masks += [(rng.random((1, 40, 30)) < rng.uniform(0.3, 0.8)) for _ in range(50)]
+    for mask in masks:
+        pred = MetaTensor(torch.as_tensor(mask, dtype=torch.float32))
+        ours = FillEnclosedHolesd("pred", connectivity)({"pred": pred})["pred"]
+        monai = FillHolesd("pred", applied_labels=[1], connectivity=connectivity)({"pred": pred.clone()})["pred"]
+        assert isinstance(ours, MetaTensor) and ours.dtype == torch.float32
+        torch.testing.assert_close(ours.as_tensor(), monai.as_tensor(), rtol=0, atol=0)
+    png = MetaTensor(torch.as_tensor(masks[0], dtype=torch.float32))
+    filled = FillEnclosedHolesd("pred", connectivity)({"pred": png})["pred"][0]  # (x, y) order
+    assert filled[45, 65] == 1 and filled[220, 120] == 0  # the enclosed hole is filled, the one open to the edge not
+    assert filled[65, 205] == (connectivity == 1)  # the diagonal leak is open only to 8-connected background
 
 
 def test_measure_lungs_areas_and_flags():

@@ -9,6 +9,9 @@ components) and ``FillHolesd``, plus these:
   staircase edges 10 pixels high on a 2500-pixel radiograph;
 * :class:`DropSmallComponentsd`: removes components smaller than a fraction of the largest one (a second "lung" of a
   few pixels is noise, not a lung);
+* :class:`FillEnclosedHolesd`: MONAI's ``FillHolesd`` result for binary masks, computed with one labelling of the
+  background inside the mask's bounding box instead of a dilation from the border repeated until it converges
+  (several times faster on full-size radiographs, identical output);
 * :class:`LabelLungSidesd`: labels the patient's right lung 1 and left lung 2 (optional).
 
 Arrays are MONAI's ``(C, x, y)``: axis 1 runs along an image row (x = column), axis 2 down the image (y = row).
@@ -25,11 +28,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import convert_to_dst_type
+from scipy import ndimage
 from skimage.measure import label
 
 __all__ = [
     "InverseInterpolationd",
     "DropSmallComponentsd",
+    "FillEnclosedHolesd",
+    "fill_enclosed_holes",
     "LabelLungSidesd",
     "split_lung_sides",
     "split_labelled_lungs",
@@ -117,6 +123,55 @@ class DropSmallComponentsd(MapTransform):
                 if sizes.max() > 0:
                     keep[c] = (sizes >= self.min_fraction * sizes.max())[labels] & (labels > 0)
             d[key] = img * convert_to_dst_type(keep, dst=img, dtype=img.dtype)[0]
+        return d
+
+
+def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """Fill the background regions of a boolean mask that do not reach the array's edge.
+
+    The result equals MONAI's ``fill_holes`` (background connectivity ``connectivity``, full by default; the edge
+    counts as open). Only the mask's bounding box, padded by one background pixel, is labelled: background outside
+    the box is connected to the edge, so any region that reaches the padding is open too.
+    """
+    if not mask.any():
+        return mask.copy()
+    box = tuple(slice(max(0, i.min() - 1), i.max() + 2) for i in np.nonzero(mask))
+    crop = np.pad(mask[box], 1, constant_values=False)
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+    regions, _ = ndimage.label(~crop, structure=structure)
+    ring = np.ones(crop.shape, bool)
+    ring[(slice(1, -1),) * mask.ndim] = False
+    open_regions = np.unique(regions[ring])
+    holes = (regions > 0) & ~np.isin(regions, open_regions)
+    filled = mask.copy()
+    filled[box] |= holes[(slice(1, -1),) * mask.ndim]
+    return filled
+
+
+class FillEnclosedHolesd(MapTransform):
+    """Fill holes in binary masks: MONAI's ``FillHolesd(applied_labels=[1])`` output, several times faster.
+
+    MONAI grows the background in from the border with a binary dilation repeated until nothing changes, which on a
+    2500x2000 mask takes hundreds of passes; labelling the background once (:func:`fill_enclosed_holes`) gives the
+    same pixels.
+
+    Args:
+        keys: keys of channel-first binary masks (``(1, x, y)``; every non-zero value is foreground).
+        connectivity: background connectivity (1: 4-neighbours; 2 or ``None``: 8-neighbours, MONAI's default).
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection, connectivity: int | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.connectivity = connectivity
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img) > 0
+            filled = np.stack([fill_enclosed_holes(channel, self.connectivity) for channel in arr])
+            d[key] = convert_to_dst_type(filled, dst=img, dtype=img.dtype)[0]
         return d
 
 
