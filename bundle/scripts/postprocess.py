@@ -114,6 +114,8 @@ class DropSmallComponentsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        if self.min_fraction == 0:  # nothing is smaller than 0 times the largest: skip the labelling
+            return d
         for key in self.key_iterator(d):
             img = d[key]
             arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
