@@ -190,14 +190,12 @@ def main() -> None:
         f"end to end, {large} files: {full['wall_s']:.1f} s -> {large / full['wall_s']:.2f} files/s "
         f"(engine only: {large / full['engine_s']:.2f} files/s)"
     )
-    print(
-        f"network alone at 224, fp32 eager: {net:.2f} images/s; end-to-end (engine) / network-only = "
-        f"{large / full['engine_s'] / net:.2f}"
-    )
-    print(
-        f"network alone at 224, bundle fast path (what inference.json runs): {fast:.2f} images/s; end-to-end "
-        f"(engine) time / network-only time = {fast / (large / full['engine_s']):.2f}"
-    )
+    engine_rate = large / full["engine_s"]
+    for label, rate in (("fp32 eager", net), ("bundle fast path (what inference.json runs)", fast)):
+        print(
+            f"network alone at 224, {label}: {rate:.2f} images/s; end-to-end (engine) time / network-only time = "
+            f"{rate / engine_rate:.2f}"
+        )
     for kind in ("pss", "rss"):
         a, b = first[f"peak_{kind}_mb"], full[f"peak_{kind}_mb"]
         print(

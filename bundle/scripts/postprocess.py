@@ -26,8 +26,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from monai.transforms.utils import convert_applied_interp_mode
-from monai.utils import convert_to_dst_type
+from monai.transforms.utils import convert_applied_interp_mode, generate_spatial_bounding_box
+from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 from skimage.measure import label
 
@@ -40,6 +40,7 @@ __all__ = [
     "split_lung_sides",
     "split_labelled_lungs",
     "lung_components",
+    "lung_box",
     "patient_right_on_image_left",
 ]
 
@@ -118,7 +119,7 @@ class DropSmallComponentsd(MapTransform):
             return d
         for key in self.key_iterator(d):
             img = d[key]
-            arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
+            arr = convert_to_numpy(img)
             keep = np.zeros(arr.shape, bool)
             for c in range(arr.shape[0]):
                 labels, sizes = lung_components(arr[c] > 0, self.connectivity)
@@ -128,6 +129,14 @@ class DropSmallComponentsd(MapTransform):
         return d
 
 
+def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of a mask's non-zero pixels, widened by ``margin`` within the array (MONAI's
+    ``generate_spatial_bounding_box``); ``None`` for an empty mask. Component work on a full-size radiograph only needs
+    this box: a third to a half of the pixels."""
+    start, end = generate_spatial_bounding_box(mask[None], lambda m: m > 0, margin=margin, allow_smaller=True)
+    return tuple(slice(a, b) for a, b in zip(start, end)) if any(end) else None
+
+
 def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
     """Fill the background regions of a boolean mask that do not reach the array's edge.
 
@@ -135,16 +144,18 @@ def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np
     counts as open). Only the mask's bounding box, padded by one background pixel, is labelled: background outside
     the box is connected to the edge, so any region that reaches the padding is open too.
     """
-    if not mask.any():
+    box = lung_box(mask, margin=1)
+    if box is None:
         return mask.copy()
-    box = tuple(slice(max(0, i.min() - 1), i.max() + 2) for i in np.nonzero(mask))
     crop = np.pad(mask[box], 1, constant_values=False)
     structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
-    regions, _ = ndimage.label(~crop, structure=structure)
+    regions, count = ndimage.label(~crop, structure=structure)
     ring = np.ones(crop.shape, bool)
     ring[(slice(1, -1),) * mask.ndim] = False
-    open_regions = np.unique(regions[ring])
-    holes = (regions > 0) & ~np.isin(regions, open_regions)
+    not_hole = np.zeros(count + 1, bool)  # a lookup table over region numbers: foreground (0) and open regions
+    not_hole[0] = True
+    not_hole[regions[ring]] = True
+    holes = ~not_hole[regions]
     filled = mask.copy()
     filled[box] |= holes[(slice(1, -1),) * mask.ndim]
     return filled
@@ -171,7 +182,7 @@ class FillEnclosedHolesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img) > 0
+            arr = convert_to_numpy(img) > 0
             filled = np.stack([fill_enclosed_holes(channel, self.connectivity) for channel in arr])
             d[key] = convert_to_dst_type(filled, dst=img, dtype=img.dtype)[0]
         return d
@@ -261,7 +272,7 @@ class LabelLungSidesd(MapTransform):
             img = d[key]
             meta = img.meta if isinstance(img, MetaTensor) else {}
             standard = patient_right_on_image_left(meta.get(self.orientation_key, ""))
-            arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
+            arr = convert_to_numpy(img)
             sides = split_lung_sides(arr[0], standard)
             out = np.zeros(arr.shape, np.float32)
             out[0][sides == 1] = self.right_label

@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from .discovery import RADIOGRAPH_MODALITIES, discover_inputs
-from .postprocess import lung_components, split_labelled_lungs
+from .postprocess import lung_box, lung_components, split_labelled_lungs
 from .writers import atomic_write, output_stem
 
 __all__ = ["RunReport", "measure_lungs", "file_signature", "COLUMNS", "EXIT_OK", "EXIT_INPUTS_FAILED"]
@@ -105,11 +105,9 @@ def measure_lungs(
     """
     mask = np.asarray(mask)
     image_pixels = mask.size
-    # everything below only needs the lungs' bounding box: on a full-size radiograph that is a third to a half of the
-    # pixels, and the components, the sides and the areas are the same
-    lung_rows, lung_columns = np.flatnonzero((mask > 0).any(axis=1)), np.flatnonzero((mask > 0).any(axis=0))
-    if lung_rows.size:
-        mask = mask[lung_rows[0] : lung_rows[-1] + 1, lung_columns[0] : lung_columns[-1] + 1]
+    box = lung_box(mask)  # the components, the sides and the areas are those of the lungs' bounding box
+    if box is not None:
+        mask = mask[box]
     lung = mask > 0
     labels, sizes = lung_components(lung)
     components = int(np.count_nonzero(sizes))
