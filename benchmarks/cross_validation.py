@@ -2,13 +2,15 @@
 
 Each fold trains with `monai.bundle run training --config_file configs/train.json` on the other folds' cases (a part
 of them held out for model selection, as `train.json` does), then evaluates its held-out cases on their original image
-grids with `configs/evaluate.json`: the inference path users run, post-processing included. Prints per-fold and
-overall mean, median and worst Dice, 95% Hausdorff distance, and the time it took.
+grids with `configs/evaluate.json` at the size the models were trained at: the inference path users run,
+post-processing included. Prints per-fold and overall mean, median and worst Dice, 95% Hausdorff distance, and the
+time it took.
 
     python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
     python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
     python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
     python benchmarks/cross_validation.py --only_folds 0 4 -- --opacity_prob 0  # quick screen on two folds
+    python benchmarks/cross_validation.py --val_fraction 0                # train on all of a fold's cases, last epoch
     python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--min_component_fraction 0"
                                           # post-processing ablation: evaluate the fold models kept in W again
 """
@@ -47,6 +49,19 @@ def run_bundle(args: list[str], log_path: str) -> None:
         raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
 
 
+def image_size_of(train_config: str, overrides: list[str]) -> list[int]:
+    """The size the fold models are trained at, which the evaluation must resize images to as well."""
+    from monai.bundle import ConfigParser
+
+    for i in range(len(overrides) - 1):
+        if overrides[i] == "--image_size":
+            return [int(v) for v in json.loads(overrides[i + 1])]
+    files = json.loads(train_config.replace("'", '"')) if train_config.startswith("[") else [train_config]
+    parser = ConfigParser()
+    parser.read_config([os.path.join(BUNDLE, f) for f in files])
+    return [int(v) for v in parser["image_size"]]
+
+
 def read_metric(output_dir: str, name: str) -> dict[str, float]:
     """Per-case values from MetricsSaver's `<name>_raw.csv` (`filename,class0,...,mean`): the `mean` column."""
     with open(os.path.join(output_dir, f"{name}_raw.csv")) as f:
@@ -71,6 +86,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse_models", action="store_true", help="skip training where the work folder has the fold's model.pt"
     )
+    parser.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.15,
+        help="part of each fold's training cases held out for model selection (0: train on all, keep the last epoch)",
+    )
     parser.add_argument("--eval_args", default="", help="evaluate.json overrides, e.g. '--keep_components 3'")
     parser.add_argument("--eval_dir", default="eval", help="name of each fold's evaluation folder")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
@@ -85,6 +106,7 @@ def main() -> None:
     train_config = "configs/train.json"
     if args.recipe == "tutorial":
         train_config = "['configs/train.json','configs/recipe_tutorial.json']"
+    training_image_size = image_size_of(train_config, overrides)
     print(
         f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}, "
         f"evaluation overrides {args.eval_args.split()}"
@@ -104,13 +126,10 @@ def main() -> None:
         if not (args.reuse_models and os.path.isfile(f"{fold_dir}/models/model.pt")):
             train_args = ["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
                           "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train",
-                          "--val_fraction", "0.15", *overrides]  # fmt: skip
+                          "--val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
             run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
-        # the evaluation must see images at the size the fold's model was trained at
-        inference_overrides = [
-            v for i in range(0, len(overrides) - 1, 2) if overrides[i] == "--image_size" for v in overrides[i : i + 2]
-        ]
+        inference_overrides = ["--image_size", json.dumps(training_image_size)]
         run_bundle(
             [
                 "run",
