@@ -49,16 +49,15 @@ def run_bundle(args: list[str], log_path: str) -> None:
         raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
 
 
-def image_size_of(train_config: str, overrides: list[str]) -> list[int]:
+def image_size_of(train_configs: list[str], overrides: list[str]) -> list[int]:
     """The size the fold models are trained at, which the evaluation must resize images to as well."""
     from monai.bundle import ConfigParser
 
     for i in range(len(overrides) - 1):
         if overrides[i] == "--image_size":
             return [int(v) for v in json.loads(overrides[i + 1])]
-    files = json.loads(train_config.replace("'", '"')) if train_config.startswith("[") else [train_config]
     parser = ConfigParser()
-    parser.read_config([os.path.join(BUNDLE, f) for f in files])
+    parser.read_config([os.path.join(BUNDLE, f) for f in train_configs])
     return [int(v) for v in parser["image_size"]]
 
 
@@ -103,10 +102,9 @@ def main() -> None:
 
     cases = find_pairs(args.data)["pairs"]
     workdir = args.workdir or tempfile.mkdtemp(prefix="cxr-cv-")
-    train_config = "configs/train.json"
-    if args.recipe == "tutorial":
-        train_config = "['configs/train.json','configs/recipe_tutorial.json']"
-    training_image_size = image_size_of(train_config, overrides)
+    train_configs = ["configs/train.json"] + (["configs/recipe_tutorial.json"] if args.recipe == "tutorial" else [])
+    train_config = json.dumps(train_configs)  # monai.bundle reads a JSON list of files as one merged config
+    training_image_size = image_size_of(train_configs, overrides)
     print(
         f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}, "
         f"evaluation overrides {args.eval_args.split()}"
