@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -43,6 +45,11 @@ def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subpr
             f"{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def read_masks(output_dir: Path) -> dict[str, np.ndarray]:
+    """Every ``*_mask.png`` an inference run wrote under ``output_dir``, by file name, as boolean arrays."""
+    return {p.name: np.asarray(Image.open(p)) > 0 for p in output_dir.rglob("*_mask.png")}
 
 
 def train_tiny_model(

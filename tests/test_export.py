@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import run_bundle
-from PIL import Image
+from conftest import read_masks, run_bundle
 
 # not a multiple of 32, so the traced ONNX graph keeps the network's pad-to-32 step for every input size
 ONNX_TRACE_SHAPE = "[2,1,250,234]"
@@ -104,10 +102,6 @@ def test_onnx_export_has_dynamic_batch_height_width(exports):
     assert (pred.argmax(1) == eager_masks).mean() >= 0.999 and 0 < eager_masks.mean() < 1
 
 
-def _masks(output_dir: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) > 0 for p in output_dir.rglob("*_mask.png")}
-
-
 @pytest.mark.slow
 def test_inference_runs_exported_models_like_eager(real_exports, real_sample, tmp_path):
     exports = real_exports
@@ -122,13 +116,13 @@ def test_inference_runs_exported_models_like_eager(real_exports, real_sample, tm
     # the exports run in fp32, so the eager reference does too (the default bf16 fast path has its own parity test)
     run_bundle("run", "--config_file", "configs/inference.json", "--ckpt_path", str(exports["model"]),
                "--output_dir", str(tmp_path / "eager"), "--precision", "fp32", *common)  # fmt: skip
-    eager = _masks(tmp_path / "eager")
+    eager = read_masks(tmp_path / "eager")
     # lungs found in every image: an empty or full mask would make the comparison below empty
     assert len(eager) == len(names) and all(m.any() and not m.all() for m in eager.values())
     for kind in ("ts", "onnx"):
         run_bundle("run", "--config_file", EXPORTED_CONFIGS, "--exported_model", str(exports[kind]),
                    "--output_dir", str(tmp_path / kind), *common)  # fmt: skip
-        exported = _masks(tmp_path / kind)
+        exported = read_masks(tmp_path / kind)
         assert exported.keys() == eager.keys()
         for name, mask in eager.items():
             dice = 2 * (mask & exported[name]).sum() / (mask.sum() + exported[name].sum())

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import run_bundle
-from PIL import Image
-
-
-def _masks(output_dir: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) > 0 for p in output_dir.rglob("*_mask.png")}
+from conftest import read_masks, run_bundle
 
 
 def test_auto_precision_follows_the_device():
@@ -56,7 +49,7 @@ def test_bf16_masks_match_fp32_masks_on_real_radiographs(real_trained_model, rea
     for precision in ("fp32", "bf16"):
         run_bundle("run", "--config_file", "configs/inference.json", "--precision", precision,
                    "--output_dir", str(tmp_path / precision), *common)  # fmt: skip
-        masks[precision] = _masks(tmp_path / precision)
+        masks[precision] = read_masks(tmp_path / precision)
     assert masks["fp32"].keys() == masks["bf16"].keys() and len(masks["fp32"]) == len(names)
     for name, reference in masks["fp32"].items():
         fast = masks["bf16"][name]
