@@ -35,10 +35,11 @@ def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_pat
         and len(held_out[0] + held_out[1]) == 6
     )
     for fold, cases in zip(folds, held_out):
-        # the default trains on all of the other folds' cases: none is held back for model selection
+        # each fold's datalist offers all of the other folds' cases for training ...
         assert sorted(c["image"] for c in fold["training"]) == sorted(set(held_out[0] + held_out[1]) - set(cases))
     for f in range(2):
         train_log = (workdir / f"fold{f}" / "train.log").read_text()
+        # ... and by default train.json holds none of them back for model selection, so it keeps the last epoch's model
         assert "no validation data: saved the epoch 1 model" in train_log
         # evaluated at the size the model was trained at (an override here), on the held-out cases only
         eval_log = (workdir / f"fold{f}" / "eval.log").read_text()
