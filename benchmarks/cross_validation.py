@@ -3,8 +3,9 @@
 Each fold trains with `monai.bundle run training --config_file configs/train.json` on all of the other folds' cases
 and keeps the last epoch's model (as k-fold cross-validation does; `--val_fraction` holds a part out for model
 selection instead, as `train.json` does by default), then evaluates its held-out cases on their original image grids
-with `configs/evaluate.json` at the size the models were trained at: the inference path users run, post-processing
-included. Prints per-fold and overall mean, median and worst Dice, 95% Hausdorff distance, and the time it took.
+with `configs/evaluate.json` at the input size and with the padding crop the models were trained with: the inference
+path users run, post-processing included. Prints per-fold and overall mean, median and worst Dice, 95% Hausdorff
+distance, and the time it took.
 
     python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
     python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
@@ -49,16 +50,21 @@ def run_bundle(args: list[str], log_path: str) -> None:
         raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
 
 
-def image_size_of(train_configs: list[str], overrides: list[str]) -> list[int]:
-    """The size the fold models are trained at, which the evaluation must resize images to as well."""
+# train.json settings that shape the network's input, which the evaluation must apply the same way
+SHARED_WITH_EVALUATION = ("image_size", "crop_padding")
+
+
+def training_input_settings(train_configs: list[str], overrides: list[str]) -> list[str]:
+    """evaluate.json overrides that give it the input size and padding crop the fold models are trained with."""
     from monai.bundle import ConfigParser
 
-    for i in range(len(overrides) - 1):
-        if overrides[i] == "--image_size":
-            return [int(v) for v in json.loads(overrides[i + 1])]
     parser = ConfigParser()
     parser.read_config([os.path.join(BUNDLE, f) for f in train_configs])
-    return [int(v) for v in parser["image_size"]]
+    settings = {key: parser[key] for key in SHARED_WITH_EVALUATION}
+    for flag, value in zip(overrides, overrides[1:]):
+        if flag.lstrip("-") in SHARED_WITH_EVALUATION:
+            settings[flag.lstrip("-")] = json.loads(value)
+    return [arg for key, value in settings.items() for arg in (f"--{key}", json.dumps(value))]
 
 
 def read_metric(output_dir: str, name: str) -> dict[str, float]:
@@ -104,7 +110,7 @@ def main() -> None:
     workdir = args.workdir or tempfile.mkdtemp(prefix="cxr-cv-")
     train_configs = ["configs/train.json"] + (["configs/recipe_tutorial.json"] if args.recipe == "tutorial" else [])
     train_config = json.dumps(train_configs)  # monai.bundle reads a JSON list of files as one merged config
-    training_image_size = image_size_of(train_configs, overrides)
+    inference_overrides = training_input_settings(train_configs, overrides)
     print(
         f"machine: {machine()}\n{len(cases)} cases, {args.folds} folds, recipe {args.recipe}, overrides {overrides}, "
         f"evaluation overrides {args.eval_args.split()}"
@@ -127,7 +133,6 @@ def main() -> None:
                           "--val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
             run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
-        inference_overrides = ["--image_size", json.dumps(training_image_size)]
         run_bundle(
             [
                 "run",

@@ -1,6 +1,6 @@
 """`benchmarks/cross_validation.py` runs real k-fold training and evaluation through `monai.bundle` and reports what
-its folds measured: every case held out exactly once, trained on all the other folds' cases, evaluated at the size
-the fold models were trained at."""
+its folds measured: every case held out exactly once, trained on all the other folds' cases, evaluated with the input
+size and padding crop the fold models were trained with."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_pat
     workdir = tmp_path / "cv"
     proc = subprocess.run(
         [sys.executable, "benchmarks/cross_validation.py", "--data", data, "--folds", "2", "--workdir", str(workdir),
-         "--", "--max_epochs", "1", "--image_size", "[64,64]", "--num_workers", "0"],  # fmt: skip
+         "--", "--max_epochs", "1", "--image_size", "[64,64]", "--crop_padding", "false",
+         "--num_workers", "0"],  # fmt: skip
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -41,9 +42,11 @@ def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_pat
         train_log = (workdir / f"fold{f}" / "train.log").read_text()
         # ... and by default train.json holds none of them back for model selection, so it keeps the last epoch's model
         assert "no validation data: saved the epoch 1 model" in train_log
-        # evaluated at the size the model was trained at (an override here), on the held-out cases only
+        # evaluated at the size and with the padding crop the model was trained with (overrides here), on the held-out
+        # cases only
         eval_log = (workdir / f"fold{f}" / "eval.log").read_text()
         assert re.search(r"image_size.{0,20}64,\s*64", eval_log), eval_log[-2000:]
+        assert re.search(r"crop_padding.{0,5}false", eval_log), eval_log[-2000:]
         with open(workdir / f"fold{f}" / "eval" / "dice_raw.csv") as rows:
             assert sorted(r["filename"].rsplit("/", 1)[-1] for r in csv.DictReader(rows)) == sorted(
                 c.rsplit("/", 1)[-1] for c in held_out[f]

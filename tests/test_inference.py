@@ -132,6 +132,8 @@ def mixed_folder(trained_model, tmp_path_factory) -> dict:
     make.write_dicomdir(src / "media", [make.radiograph(other)])
     (src / "png").mkdir()
     Image.fromarray(portrait).save(src / "png" / "pa_portrait.png")
+    # the same radiograph on a larger canvas padded with zeros below and to the right, as the Montgomery PNGs are
+    Image.fromarray(np.pad(portrait, ((0, PAD_ROWS), (0, PAD_COLUMNS)))).save(src / "png" / "pa_portrait_padded.png")
     Image.fromarray(other).save(src / "png" / "we ird ü (1).png")
     Image.fromarray(other).save(src / "png" / "photo.jpg", quality=95)
     nibabel.save(nibabel.Nifti1Image(landscape.T.copy(), np.diag([0.3, 0.3, 1, 1])), src / "nifti.nii.gz")
@@ -161,6 +163,9 @@ def mixed_folder(trained_model, tmp_path_factory) -> dict:
         "portrait": (portrait, portrait_mask),
         "landscape": (landscape, landscape_mask),
     }
+
+
+PAD_ROWS, PAD_COLUMNS = 40, 30
 
 
 def _banded(image: np.ndarray) -> np.ndarray:
@@ -239,6 +244,19 @@ def test_pixel_encodings_give_the_same_mask(mixed_folder):
     assert dice(mask_of(out, report["png/photo.jpg"]), mask_of(out, report["rgb/sc.dcm"])) > 0.97
     nifti = mask_of(out, report["nifti.nii.gz"])
     assert dice(nifti, mixed_folder["landscape"][1]) > 0.9
+
+
+def test_padding_around_the_radiograph_changes_nothing_but_the_canvas(mixed_folder):
+    # the padding is cropped before the network and restored after it: without the crop the padded canvas would be
+    # squeezed into the network's square input with the chest, and the masks would differ
+    out, report = mixed_folder["out"], mixed_folder["report"]
+    plain = mask_of(out, report["png/pa_portrait.png"])
+    padded = mask_of(out, report["png/pa_portrait_padded.png"])
+    rows, columns = plain.shape
+    assert padded.shape == (rows + PAD_ROWS, columns + PAD_COLUMNS)
+    assert plain.any()
+    np.testing.assert_array_equal(padded[:rows, :columns], plain)
+    assert not padded[rows:].any() and not padded[:, columns:].any()
 
 
 def test_dicom_seg_references_its_source_and_equals_the_png(mixed_folder):

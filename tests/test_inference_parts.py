@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import FillHolesd
+from monai.transforms import CropForegroundd, FillHolesd
 from PIL import Image
 
 from scripts.discovery import discover_inputs
@@ -24,6 +24,7 @@ from scripts.postprocess import (
 )
 from scripts.report import measure_lungs
 from scripts.synthetic import synthetic_case
+from scripts.transforms import padding_crop_selector
 from scripts.writers import atomic_write, inside, output_stem, write_dicom_seg
 
 
@@ -242,3 +243,19 @@ def test_dicom_seg_without_patient_details_still_references_its_source(tmp_path)
     del source.StudyInstanceUID
     with pytest.raises(ValueError, match="lacks StudyInstanceUID"):
         write_dicom_seg(str(tmp_path / "seg4.dcm"), source, mask > 0)
+
+
+def test_padding_crop_removes_only_edge_to_edge_padding_and_follows_its_switch():
+    def cropped_shape(image: torch.Tensor, crop_padding) -> tuple[int, ...]:
+        crop = CropForegroundd("image", "image", select_fn=padding_crop_selector(crop_padding), allow_smaller=True)
+        return tuple(crop({"image": image})["image"].shape)
+
+    image = torch.zeros(1, 50, 60)
+    image[0, 5:40, 10:60] = torch.rand(35, 50) + 0.1
+    image[0, 20, 30] = 0.0  # a pixel at the minimum inside the radiograph stays
+    assert cropped_shape(image, True) == (1, 35, 50)
+    # monai.bundle passes `--crop_padding false` as the string "false"
+    for off in (False, "false", "False", 0, "0"):
+        assert cropped_shape(image, off) == (1, 50, 60), off
+    # a blank image keeps its size rather than cropping to nothing (which would fail in the resize after the crop)
+    assert cropped_shape(torch.full((1, 50, 60), 0.3), True) == (1, 50, 60)

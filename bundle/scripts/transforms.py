@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
@@ -10,7 +10,7 @@ from monai.data import PILReader
 from monai.transforms import MapTransform, Resize
 from PIL import Image
 
-__all__ = ["to_grey", "grey_png_reader", "ResizeToMatchd"]
+__all__ = ["to_grey", "grey_png_reader", "ResizeToMatchd", "above_minimum", "padding_crop_selector"]
 
 # PIL modes that already hold one grey value per pixel and are kept as they are (8, 16 and 32 bit)
 _GREY_MODES = {"L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -71,3 +71,30 @@ class ResizeToMatchd(MapTransform):
             if tuple(d[key].shape[1:]) != target:
                 d[key] = Resize(spatial_size=target, mode=self.mode)(d[key])
         return d
+
+
+def above_minimum(image: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``image`` above its minimum, or all of them when it is constant (``CropForegroundd``'s selector).
+
+    Radiographs are often stored on a larger canvas padded with the minimum value (the Montgomery PNGs carry a black
+    band of up to a quarter of their height below the patient; collimated or shuttered DICOM images may too). Cropping
+    to the bounding box of the pixels above the minimum removes only rows and columns that are padding from edge to
+    edge, so the chest fills the network's input the same way whatever canvas it came on. A constant (blank) image
+    keeps its full size instead of cropping to nothing, so it still reaches the network and the run report.
+    """
+    content = image > image.min()
+    return content if bool(content.any()) else torch.ones_like(content)
+
+
+def every_pixel(image: torch.Tensor) -> torch.Tensor:
+    """All pixels of ``image``: a ``select_fn`` with which ``CropForegroundd`` keeps the image whole."""
+    return torch.ones_like(image, dtype=torch.bool)
+
+
+def padding_crop_selector(crop_padding: bool | str | int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``CropForegroundd``'s ``select_fn`` for a config's ``crop_padding`` switch.
+
+    ``crop_padding`` may come from the command line, where ``monai.bundle`` passes ``--crop_padding false`` as the
+    string ``"false"``: ``True``, ``1``, ``"true"`` and ``"1"`` turn the crop on, anything else turns it off.
+    """
+    return above_minimum if str(crop_padding).strip().lower() in ("true", "1") else every_pixel
