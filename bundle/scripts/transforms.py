@@ -77,7 +77,7 @@ def above_minimum(image: torch.Tensor) -> torch.Tensor:
     """The pixels of ``image`` above its minimum, or all of them when it is constant (``CropForegroundd``'s selector).
 
     Radiographs are often stored on a larger canvas padded with the minimum value (the Montgomery PNGs carry a black
-    band of up to a quarter of their height below the patient; collimated or shuttered DICOM images may too). Cropping
+    band of up to 28% of their height below the patient; collimated or shuttered DICOM images may too). Cropping
     to the bounding box of the pixels above the minimum removes only rows and columns that are padding from edge to
     edge, so the chest fills the network's input the same way whatever canvas it came on. A constant (blank) image
     keeps its full size instead of cropping to nothing, so it still reaches the network and the run report.
