@@ -132,8 +132,10 @@ def mixed_folder(trained_model, tmp_path_factory) -> dict:
     make.write_dicomdir(src / "media", [make.radiograph(other)])
     (src / "png").mkdir()
     Image.fromarray(portrait).save(src / "png" / "pa_portrait.png")
-    # the same radiograph on a larger canvas padded with zeros below and to the right, as the Montgomery PNGs are
-    Image.fromarray(np.pad(portrait, ((0, PAD_ROWS), (0, PAD_COLUMNS)))).save(src / "png" / "pa_portrait_padded.png")
+    # the same radiograph on a larger canvas padded with its darkest value below and to the right, as the Montgomery
+    # PNGs are (with 0)
+    padded = np.pad(portrait, ((0, PAD_ROWS), (0, PAD_COLUMNS)), constant_values=portrait.min())
+    Image.fromarray(padded).save(src / "png" / "pa_portrait_padded.png")
     Image.fromarray(other).save(src / "png" / "we ird ü (1).png")
     Image.fromarray(other).save(src / "png" / "photo.jpg", quality=95)
     nibabel.save(nibabel.Nifti1Image(landscape.T.copy(), np.diag([0.3, 0.3, 1, 1])), src / "nifti.nii.gz")
