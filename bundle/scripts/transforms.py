@@ -10,6 +10,8 @@ from monai.data import PILReader
 from monai.transforms import MapTransform, Resize
 from PIL import Image
 
+from .flags import is_on
+
 __all__ = ["to_grey", "grey_png_reader", "ResizeToMatchd", "above_minimum", "padding_crop_selector"]
 
 # PIL modes that already hold one grey value per pixel and are kept as they are (8, 16 and 32 bit)
@@ -94,7 +96,6 @@ def every_pixel(image: torch.Tensor) -> torch.Tensor:
 def padding_crop_selector(crop_padding: bool | str | int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``CropForegroundd``'s ``select_fn`` for a config's ``crop_padding`` switch.
 
-    ``crop_padding`` may come from the command line, where ``monai.bundle`` passes ``--crop_padding false`` as the
-    string ``"false"``: ``True``, ``1``, ``"true"`` and ``"1"`` turn the crop on, anything else turns it off.
+    The switch is read with :func:`scripts.flags.is_on`, so ``--crop_padding false`` on the command line turns it off.
     """
-    return above_minimum if str(crop_padding).strip().lower() in ("true", "1") else every_pixel
+    return above_minimum if is_on(crop_padding) else every_pixel
