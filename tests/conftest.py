@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,13 @@ SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
+
+# Hypothesis profiles for the fuzz suite (tests/test_hostile_inputs.py): "ci", the default, keeps it to a few minutes
+# on 2 cores; "long" is for a local run of thousands of examples (pytest --hypothesis-profile long ...). Examples are
+# derandomised in CI, so a red run can be repeated exactly.
+settings.register_profile("ci", max_examples=200, derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=5000, print_blob=True)
+settings.load_profile("ci")
 
 
 @pytest.fixture

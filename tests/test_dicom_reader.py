@@ -133,15 +133,38 @@ def test_pixel_spacing_comes_from_pixel_spacing_then_imager_pixel_spacing(tmp_pa
     both = make.radiograph(phantom, pixel_spacing=(0.2, 0.1), imager_pixel_spacing=(0.25, 0.125))
     assert pixel_spacing(both) == ((0.2, 0.1), "PixelSpacing")
     imager = make.radiograph(phantom, imager_pixel_spacing=(0.25, 0.125))
-    assert pixel_spacing(imager) == ((0.25, 0.125), "ImagerPixelSpacing")
+    detector = "ImagerPixelSpacing (detector plane, no EstimatedRadiographicMagnificationFactor)"
+    assert pixel_spacing(imager) == ((0.25, 0.125), detector)
     for bad in ([0, 0.1], [0.1, -1], [0.1, 0.1, 0.1]):
         ds = make.radiograph(phantom)
         ds.PixelSpacing = bad
-        assert pixel_spacing(ds) == (None, "")
+        spacing, source = pixel_spacing(ds)
+        assert spacing is None and source.startswith("none: PixelSpacing") and "not two positive numbers" in source
+    # an unusable PixelSpacing falls back to ImagerPixelSpacing and says so
+    both.PixelSpacing = [0, 0]
+    spacing, source = pixel_spacing(both)
+    assert spacing == (0.25, 0.125) and source.startswith("ImagerPixelSpacing") and "PixelSpacing '0.0\\0.0'" in source
     _, meta = RadiographDicomReader().get_data(RadiographDicomReader().read(make.save(imager, tmp_path / "s.dcm")))
     np.testing.assert_array_equal(meta["pixel_spacing"], [0.25, 0.125])
     np.testing.assert_array_equal(np.diag(meta["affine"])[:2], [0.125, 0.25])  # x runs along a row: column spacing
-    assert meta["spacing_source"] == "ImagerPixelSpacing"
+    assert meta["spacing_source"] == detector
+
+
+def test_imager_pixel_spacing_is_corrected_to_the_patient_plane(phantom):
+    """PS3.3 C.8.11.7: Imager Pixel Spacing is at the detector; the Estimated Radiographic Magnification Factor gives
+    the spacing at the patient. Pixel Spacing is already calibrated and is not corrected again."""
+    magnified = make.radiograph(phantom, imager_pixel_spacing=(0.2, 0.15))
+    magnified.EstimatedRadiographicMagnificationFactor = 1.25
+    spacing, source = pixel_spacing(magnified)
+    np.testing.assert_allclose(spacing, (0.16, 0.12))
+    assert source == "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor 1.25 (patient plane)"
+    magnified.PixelSpacing = [0.3, 0.3]
+    assert pixel_spacing(magnified) == ((0.3, 0.3), "PixelSpacing")
+    for bad in (0, -1.1, "NaN"):
+        ds = make.radiograph(phantom, imager_pixel_spacing=(0.2, 0.15))
+        ds.EstimatedRadiographicMagnificationFactor = bad
+        spacing, source = pixel_spacing(ds)
+        assert spacing == (0.2, 0.15) and "detector plane" in source and "ignored" in source
 
 
 def test_errors_name_the_file_and_the_problem(tmp_path, phantom):

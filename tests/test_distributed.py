@@ -72,7 +72,7 @@ def ddp_run(tmp_path_factory) -> dict:
     # 20 cases -> 14 training (7 per rank, no padding duplicates), 4 validation (2 per rank), 2 test
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=20, seed=100)
     # the on-disk cache, shared by both ranks as on a multi-GPU node
-    extra = ["--record_rank_samples", "True", "--dataset_type", "persistent", "--cache_dir", str(tmp_path / "cache")]
+    extra = ["--record_rank_samples", "yes", "--dataset_type", "persistent", "--cache_dir", str(tmp_path / "cache")]
     log = run_torchrun(tmp_path, data, *extra)
     return {"dir": tmp_path, "data": data, "log": log}
 
@@ -125,7 +125,7 @@ def test_torchrun_two_cpu_processes(ddp_run):
         "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
         "--dataset_dir", str(tmp_path / "one.json"), "--ckpt_path", str(tmp_path / "models" / "model.pt"),
         "--output_dir", str(tmp_path / "inference"), "--image_size", f"[{IMAGE_SIZE},{IMAGE_SIZE}]",
-        "--num_workers", "0", "--write_seg", "False", "--write_overlay", "False",
+        "--num_workers", "0", "--write_seg", "false", "--write_overlay", "off",
     )  # fmt: skip
     (mask_file,) = (tmp_path / "inference").rglob("SYNTH_0000*_mask.png")
     assert Image.open(mask_file).size == Image.open(image).size

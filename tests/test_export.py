@@ -111,7 +111,7 @@ def test_inference_runs_exported_models_like_eager(real_exports, real_sample, tm
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": str(real_sample / "images" / n)} for n in names]}))
     common = ["--meta_file", "configs/metadata.json", "--dataset_dir", str(datalist), "--image_size", "[96,96]",
-              "--num_workers", "0", "--write_seg", "False", "--write_overlay", "False"]  # fmt: skip
+              "--num_workers", "0", "--write_seg", "no", "--write_overlay", "0"]  # fmt: skip
 
     # the exports run in fp32, so the eager reference does too (the default bf16 fast path has its own parity test)
     run_bundle("run", "--config_file", "configs/inference.json", "--ckpt_path", str(exports["model"]),

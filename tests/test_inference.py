@@ -281,7 +281,8 @@ def test_dicom_seg_references_its_source_and_equals_the_png(mixed_folder):
 def test_spacing_reaches_the_report_and_the_nifti(mixed_folder):
     out, report = mixed_folder["out"], mixed_folder["report"]
     row = report["pa_portrait.dcm"]
-    assert row["pixel_spacing_mm"] == "0.2\\0.15" and row["spacing_source"] == "ImagerPixelSpacing"
+    assert row["pixel_spacing_mm"] == "0.2\\0.15"
+    assert row["spacing_source"] == "ImagerPixelSpacing (detector plane, no EstimatedRadiographicMagnificationFactor)"
     assert float(row["lung_area_cm2"]) == pytest.approx(int(row["lung_area_px"]) * 0.2 * 0.15 / 100, abs=0.01)
     assert float(row["right_lung_area_cm2"]) + float(row["left_lung_area_cm2"]) == pytest.approx(
         float(row["lung_area_cm2"]), abs=0.02

@@ -14,7 +14,7 @@ from monai.transforms import CropForegroundd, FillHolesd
 from PIL import Image
 
 from scripts.discovery import discover_inputs
-from scripts.fault_tolerance import ERROR_KEY, FAILED_KEY, GuardedDataset, collate_skipping_failures
+from scripts.fault_tolerance import ERROR_KEY, FAILED_KEY, STATUS_KEY, GuardedDataset, collate_skipping_failures
 from scripts.postprocess import (
     DropSmallComponentsd,
     FillEnclosedHolesd,
@@ -222,7 +222,8 @@ def test_failed_items_travel_as_markers(tmp_path):
     )
     data = [{"image": str(tmp_path / n), "case_key": n} for n in ("good.png", "bad.png")]
     items = [GuardedDataset(data, transform)[i] for i in range(2)]
-    assert ERROR_KEY not in items[0] and "bad.png: cannot decode PNG" in items[1][ERROR_KEY]
+    assert ERROR_KEY not in items[0] and items[1][ERROR_KEY].startswith("reading the image: cannot read the PNG header")
+    assert items[1][STATUS_KEY] == "failed"
     batch = collate_skipping_failures(items)
     assert batch["image"].shape[0] == 1 and [f["case_key"] for f in batch[FAILED_KEY]] == ["bad.png"]
     assert list(collate_skipping_failures(items[1:])) == [FAILED_KEY]
@@ -241,7 +242,7 @@ def test_dicom_seg_without_patient_details_still_references_its_source(tmp_path)
     other = write_dicom_seg(str(tmp_path / "seg3.dcm"), source, mask > 0, uid_seed="settings-2")[1]
     assert again == uid != other  # same source and settings: same UID; new settings: new UID
     del source.StudyInstanceUID
-    with pytest.raises(ValueError, match="lacks StudyInstanceUID"):
+    with pytest.raises(ValueError, match="no valid StudyInstanceUID"):
         write_dicom_seg(str(tmp_path / "seg4.dcm"), source, mask > 0)
 
 
@@ -259,3 +260,59 @@ def test_padding_crop_removes_only_edge_to_edge_padding_and_follows_its_switch()
         assert cropped_shape(image, off) == (1, 50, 60), off
     # a blank image keeps its size rather than cropping to nothing (which would fail in the resize after the crop)
     assert cropped_shape(torch.full((1, 50, 60), 0.3), True) == (1, 50, 60)
+
+
+class RefusesBrightImages(torch.nn.Module):
+    """A real network (one convolution) whose forward pass fails on one kind of input, as a kernel can fail for one
+    image of a batch (an unusual size, a numerical error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).mean(1) > 0.8).any()):
+            raise RuntimeError("cannot segment a bright image")
+        return self.conv(x)
+
+
+def test_a_network_failure_loses_only_its_own_item(tmp_path):
+    """When the network step fails for a batch, the evaluator runs its items one by one: only the item that fails
+    gets an ``inference`` error, the others their predictions."""
+    from ignite.engine import Events
+    from monai.data import DataLoader
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRanged
+
+    from scripts.fault_tolerance import FaultTolerantEvaluator
+    from scripts.radiograph_reader import RadiographReader
+
+    image = synthetic_case(4)[0]
+    Image.fromarray(image).save(tmp_path / "dark.png")
+    Image.fromarray(np.maximum(image, 250)).save(tmp_path / "bright.png")  # not blank: a few values differ
+    Image.fromarray(image[::-1]).save(tmp_path / "flipped.png")
+    transform = Compose(
+        [
+            LoadImaged("image", reader=RadiographReader(), image_only=True),
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            ScaleIntensityRanged("image", 0, 255, 0, 1),
+        ]
+    )
+    names = ("dark.png", "bright.png", "flipped.png")
+    data = [{"image": str(tmp_path / n), "case_key": n} for n in names]
+    loader = DataLoader(GuardedDataset(data, transform), batch_size=3, collate_fn=collate_skipping_failures)
+    evaluator = FaultTolerantEvaluator(device="cpu", val_data_loader=loader, network=RefusesBrightImages())
+    seen = {}
+
+    @evaluator.on(Events.ITERATION_COMPLETED)
+    def _keep(engine):
+        for item, output in zip(engine.state.batch, engine.state.output):
+            seen[item["case_key"]] = output
+
+    evaluator.run()
+    assert sorted(seen) == sorted(names)
+    assert seen["bright.png"] == {
+        ERROR_KEY: "inference: RuntimeError: cannot segment a bright image",
+        STATUS_KEY: "failed",
+    }
+    for name in ("dark.png", "flipped.png"):
+        assert ERROR_KEY not in seen[name] and tuple(seen[name]["pred"].shape[-3:]) == (2, *image.T.shape)

@@ -84,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert best_before == pytest.approx(val_dice(first)[1], abs=1e-4)
 
     # restart with the documented override: it continues with epoch 2 and does not redo epoch 1
-    proc = start_training(tmp_path, data, resumed_log, "--resume", "True")
+    proc = start_training(tmp_path, data, resumed_log, "--resume", "true")
     assert proc.wait(timeout=300) == 0, resumed_log.read_text()[-4000:]
     resumed = resumed_log.read_text()
     assert f"Restored all variables from {models / 'checkpoint_epoch=1.pt'}" in resumed

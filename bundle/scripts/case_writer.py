@@ -10,8 +10,11 @@ Attached to the inference engine (:class:`scripts.fault_tolerance.FaultTolerantE
 * ``<name>_overlay.png``: the image, at most ``overlay_size`` pixels on its long side, with the lung contour
   (``write_overlay``);
 
-and then records the row (areas, quality flags, output paths) with :meth:`scripts.report.RunReport.record`. A failure
-while writing one item makes that item's row ``failed``; the run goes on.
+and then records the row (areas, quality flags, output paths) with :meth:`scripts.report.RunReport.record`.
+
+Any failure while writing one item makes that item's row ``failed`` with the step that failed (``"writing the DICOM
+SEG: ..."``), removes the files already written for it, and the run goes on. Only a fault of the run itself (a full
+disk, a read-only or unwritable output folder, see :func:`scripts.fault_tolerance.run_fault`) stops the run.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import logging
 import math
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
-import pydicom
 from ignite.engine import Engine, Events
 
-from .fault_tolerance import ERROR_KEY, describe_error
+from .dicom import read_dicom, safe_get
+from .fault_tolerance import ERROR_KEY, STATUS_KEY, RunFault, run_fault
+from .input_errors import describe_error, is_input_failure
 from .postprocess import patient_right_on_image_left
 from .report import RunReport, measure_lungs
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay_png
@@ -92,6 +98,7 @@ class CaseWriter:
         self.write_threads = max(0, int(write_threads))
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
+        self._fault: RunFault | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -115,62 +122,102 @@ class CaseWriter:
 
     def _write_cases(self, cases: list[tuple[dict, dict]]) -> None:
         for item, output in cases:
-            self.write_case(item, output)
+            if self._fault is not None:  # the run is stopping: the cases still queued are left for the re-run
+                return
+            try:
+                self.write_case(item, output)
+            except RunFault as fault:
+                self._fault = fault
+                raise
 
     def write_case(self, item: dict, output: dict) -> None:
-        """Write one item's outputs and record its row (``failed`` with the reason on any error)."""
+        """Write one item's outputs and record its row (``failed``, with the step and the reason, on any error)."""
         key = item["case_key"]
         if ERROR_KEY in output:
-            row = self.report.base_row(key, status="failed", reason=output[ERROR_KEY])
+            row = self.report.base_row(key, status=output.get(STATUS_KEY, "failed"), reason=output[ERROR_KEY])
         else:
+            written: list[str] = []
             try:
-                row = self._write_outputs(key, item, output)
-            except Exception as exc:
-                reason = f"writing outputs: {describe_error(exc)}"
-                logger.warning("%s: %s", self.report.entry(key)["input"], reason)
-                row = self.report.base_row(key, status="failed", reason=reason)
-        self.report.record(key, row)
+                row = self._write_outputs(key, item, output, written)
+            except (_StepFailed, RunFault) as exc:
+                for path in written:  # no half-written case: a failed row lists no outputs, and none are left
+                    if os.path.exists(path):
+                        os.remove(path)
+                if isinstance(exc, RunFault):
+                    raise
+                logger.warning("%s: %s", self.report.entry(key)["input"], exc)
+                row = self.report.base_row(key, status="failed", reason=str(exc))
+        try:
+            with self._step("recording the report row"):
+                self.report.record(key, row)
+        except _StepFailed as exc:  # e.g. a value the record cannot hold: the input is still accounted for
+            self.report.record(key, self.report.base_row(key, status="failed", reason=str(exc)))
 
-    def _write_outputs(self, key: str, item: dict, output: dict) -> dict:
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        """Name the step in the error of one item; let a fault of the run through (it stops the run)."""
+        try:
+            yield
+        except BaseException as exc:
+            if not is_input_failure(exc):
+                raise
+            fault = run_fault(exc, self.report.output_dir)
+            if fault is not None:
+                raise fault from exc
+            raise _StepFailed(f"{name}: {describe_error(exc)}") from exc
+
+    def _write_outputs(self, key: str, item: dict, output: dict, written: list[str]) -> dict:
         entry = self.report.entry(key)
-        meta = item[self.image_key].meta
-        pred = output[self.pred_key]
-        mask_xy = np.asarray(pred[0].detach().cpu()).astype(np.uint8)
-        expected = tuple(int(v) for v in np.asarray(meta["spatial_shape"]).ravel())
-        if mask_xy.shape != expected:
-            raise ValueError(f"prediction of shape {mask_xy.shape} does not match the input's {expected}")
-        mask = mask_xy.T  # (rows, columns), as DICOM and PIL store images
-        spacing = tuple(float(v) for v in np.asarray(meta["pixel_spacing"]).ravel())
-        spacing = spacing if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing) else None
-        header = pydicom.dcmread(entry["path"], stop_before_pixels=True, force=True) if entry["kind"] == "dicom" else {}
-        standard = patient_right_on_image_left(str(meta.get("patient_orientation", "")))
-        measures = measure_lungs(mask, spacing, standard, self.lung_fraction_range, self.max_side_ratio)
-        if str(header.get("ViewPosition", "")).upper() in _LATERAL_VIEWS:
-            measures["quality_flags"].append("lateral_view")
+        with self._step("reading the prediction"):
+            meta = item[self.image_key].meta
+            pred = output[self.pred_key]
+            mask_xy = np.asarray(pred[0].detach().cpu()).astype(np.uint8)
+            expected = tuple(int(v) for v in np.asarray(meta["spatial_shape"]).ravel())
+            if mask_xy.shape != expected:
+                raise ValueError(f"prediction of shape {mask_xy.shape} does not match the input's {expected}")
+            mask = mask_xy.T  # (rows, columns), as DICOM and PIL store images
+            spacing = tuple(float(v) for v in np.asarray(meta["pixel_spacing"]).ravel())
+            spacing = spacing if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing) else None
+        header = {}
+        if entry["kind"] == "dicom":
+            with self._step("reading the DICOM header"):
+                header = read_dicom(entry["path"], stop_before_pixels=True, defer_size=1 << 20)
+        with self._step("measuring the lungs"):
+            standard = patient_right_on_image_left(str(meta.get("patient_orientation", "")))
+            measures = measure_lungs(mask, spacing, standard, self.lung_fraction_range, self.max_side_ratio)
+            if str(safe_get(header, "ViewPosition", "") or "").strip().upper() in _LATERAL_VIEWS:
+                measures["quality_flags"].append("lateral_view")
 
         stem, out = item["output_stem"], self.report.output_dir
         paths, seg_uid = {}, None
         if self.write_png:
-            paths["mask_png"] = write_mask_png(inside(out, stem + "_mask.png"), mask)
+            with self._step("writing the mask PNG"):
+                paths["mask_png"] = _remember(written, write_mask_png(inside(out, stem + "_mask.png"), mask))
         if self.write_nifti:
-            affine = np.asarray(pred.affine if hasattr(pred, "affine") else np.eye(4), np.float64)
-            paths["mask_nifti"] = write_mask_nifti(inside(out, stem + "_mask.nii.gz"), mask, affine)
+            with self._step("writing the mask NIfTI"):
+                affine = np.asarray(pred.affine if hasattr(pred, "affine") else np.eye(4), np.float64)
+                path = write_mask_nifti(inside(out, stem + "_mask.nii.gz"), mask, affine)
+                paths["mask_nifti"] = _remember(written, path)
         if self.write_seg and entry["kind"] == "dicom":
-            paths["seg_dicom"], seg_uid = write_dicom_seg(
-                inside(out, stem + "_seg.dcm"),
-                header,
-                mask,
-                pixel_spacing=spacing,
-                label_sides=self.label_sides,
-                uid_seed=self.report.settings_id,
-                series_number=self.seg_series_number,
-                software_version=self.software_version,
-            )
+            with self._step("writing the DICOM SEG"):
+                path, seg_uid = write_dicom_seg(
+                    inside(out, stem + "_seg.dcm"),
+                    header,
+                    mask,
+                    pixel_spacing=spacing,
+                    label_sides=self.label_sides,
+                    uid_seed=self.report.settings_id,
+                    series_number=self.seg_series_number,
+                    software_version=self.software_version,
+                )
+                paths["seg_dicom"] = _remember(written, path)
         if self.write_overlay and self.overlay_key in item:
-            review = np.asarray(item[self.overlay_key][0].detach().cpu(), np.float32)
-            valid = review >= 0  # the review image is padded with -1 up to a square
-            review = review[: int(valid.any(axis=1).sum()), : int(valid.any(axis=0).sum())].T
-            paths["overlay_png"] = write_overlay_png(inside(out, stem + "_overlay.png"), review, mask)
+            with self._step("writing the overlay"):
+                review = np.asarray(item[self.overlay_key][0].detach().cpu(), np.float32)
+                valid = review >= 0  # the review image is padded with -1 up to a square
+                review = review[: int(valid.any(axis=1).sum()), : int(valid.any(axis=0).sum())].T
+                path = write_overlay_png(inside(out, stem + "_overlay.png"), review, mask)
+                paths["overlay_png"] = _remember(written, path)
         return self.report.base_row(
             key,
             status="ok",
@@ -179,9 +226,18 @@ class CaseWriter:
             columns=int(mask.shape[1]),
             pixel_spacing_mm=f"{spacing[0]:g}\\{spacing[1]:g}" if spacing else None,
             spacing_source=str(meta.get("spacing_source", "")) or None,
-            sop_instance_uid=str(header.get("SOPInstanceUID", "")) or None,
+            sop_instance_uid=str(safe_get(header, "SOPInstanceUID", "") or "")[:64] or None,
             seg_sop_instance_uid=seg_uid,
             pixel_processing=str(meta.get("pixel_processing", "")) or None,
             **measures,
             **{k: os.path.relpath(v, out) for k, v in paths.items()},
         )
+
+
+class _StepFailed(Exception):
+    """One item's write failed at a named step (the message is the report row's reason)."""
+
+
+def _remember(written: list[str], path: str) -> str:
+    written.append(path)
+    return path

@@ -1,27 +1,37 @@
-"""A MONAI ``ImageReader`` for single-frame radiograph DICOM files (CR, DX, secondary captures).
+"""A MONAI ``ImageReader`` for single-frame radiograph DICOM files (CR, DX, secondary captures), hardened against
+the headers found in real archives.
 
 MONAI's own DICOM readers return stored values (or values after rescale only) and keep MONOCHROME1 as it is, so a
 radiograph read with them does not look like the same radiograph exported to PNG. :class:`RadiographDicomReader`
 returns the grey values a viewer displays, in the same array layout as MONAI's ``PILReader``, so PNG and DICOM
 inputs go through identical transforms afterwards:
 
-1. decode (pydicom with its pylibjpeg/pyjpegls plugins: native, RLE Lossless, JPEG Baseline/Extended/Lossless,
+1. check the header before decoding (:func:`check_pixel_geometry`): Rows x Columns within ``max_pixels``, and for
+   compressed pixel data the codestream's own size equal to Rows x Columns, so a header or a JPEG 2000 codestream
+   that claims a huge canvas fails at once instead of allocating it;
+2. decode (pydicom with its pylibjpeg/pyjpegls plugins: native, RLE Lossless, JPEG Baseline/Extended/Lossless,
    JPEG-LS, JPEG 2000, ...); YBR colour is converted to RGB by pydicom, PALETTE COLOR through its palette;
-2. Modality LUT (Modality LUT Sequence, or Rescale Slope/Intercept);
-3. VOI LUT Sequence or the first Window Center/Width (with its VOI LUT Function) when present;
-4. MONOCHROME1 inverted so that bone is bright, like MONOCHROME2;
-5. RGB (secondary captures) to grey with ITU-R 601 luma, as PIL's ``convert("L")`` does for RGB PNGs.
+3. Modality LUT (Modality LUT Sequence, or Rescale Slope/Intercept);
+4. VOI LUT Sequence or the first Window Center/Width (with its VOI LUT Function) when present;
+5. MONOCHROME1 inverted so that bone is bright, like MONOCHROME2;
+6. RGB (secondary captures) to grey with ITU-R 601 luma, as PIL's ``convert("L")`` does for RGB PNGs.
+
+Degrade rather than fail: a rescale, window or VOI LUT that is not valid (NaN, infinite, zero slope, zero width, text
+where numbers belong, an unknown VOI LUT Function) is ignored and named in ``pixel_processing``; the image is still
+read. A spacing that is not two positive finite numbers means "no spacing" (``spacing_source`` says why).
 
 The array is ``float32`` of shape ``(columns, rows)``, i.e. MONAI's ``(x, y)`` (``PILReader`` transposes PIL's
 ``(rows, columns)`` the same way). Intensities are not rescaled: the bundle's ``ScaleIntensityd`` maps them to [0, 1]
-as it does for PNG. Pixel spacing (``PixelSpacing``, else ``ImagerPixelSpacing``, else ``NominalScannedPixelSpacing``)
-goes into the meta dict as ``pixel_spacing`` ``[row spacing, column spacing]`` in mm and into ``affine``.
+as it does for PNG. Pixel spacing (:func:`pixel_spacing`) goes into the meta dict as ``pixel_spacing`` ``[row spacing,
+column spacing]`` in mm and into ``affine``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,16 +42,54 @@ from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, ensure_tuple
 from pydicom.dataset import Dataset
 
+from .input_errors import ImageTooLarge, InputError, first_line, is_input_failure
+
 try:  # pydicom 3
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
+
+    def _first_frame(data: bytes) -> bytes:
+        return next(iter(generate_frames(data, number_of_frames=1)))
+
 except ImportError:  # pydicom 2.4, as in MONAI Label 0.8.5's environment (its pydicom-seg needs pydicom < 3)
-    from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.encaps import generate_pixel_data_frame
+    from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
 
-__all__ = ["RadiographDicomReader", "is_dicom_file", "pixel_spacing", "describe_dicom", "to_display_grey"]
+    def _first_frame(data: bytes) -> bytes:
+        return next(iter(generate_pixel_data_frame(data, 1)))
 
+
+__all__ = [
+    "RadiographDicomReader",
+    "MAX_IMAGE_PIXELS",
+    "is_dicom_file",
+    "read_dicom",
+    "safe_get",
+    "numbers",
+    "pixel_spacing",
+    "describe_dicom",
+    "number_of_frames",
+    "check_image_size",
+    "check_pixel_geometry",
+    "to_display_grey",
+]
+
+# Inputs are whatever a folder holds: pydicom's warnings about invalid values (logged with the whole value, pixel
+# bytes included) would flood a batch log. The bundle checks every value it uses itself (see below).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+# pydicom logs every decoder plugin's failure with a traceback before raising; the run report has the reason
+if logging.getLogger("pydicom.pixels.decoders.base").level == logging.NOTSET:
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+
+# The largest image read by default: 36 megapixels (6000 x 6000) is above every chest radiograph detector (the
+# largest, 43 x 43 cm at 100 um, is 4300 x 4300; the Montgomery set's 4892 x 4020 scans are 19.7 megapixels) and
+# bounds the memory one image can take (about 1 GB through decode, pre- and post-processing at float32).
+MAX_IMAGE_PIXELS = 36_000_000
 # spacing attributes in order of preference: PixelSpacing is calibrated to the patient when both are present
 SPACING_ATTRIBUTES = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, the weights PIL uses for RGB -> L
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
 def is_dicom_file(path: PathLike) -> bool:
@@ -58,101 +106,394 @@ def is_dicom_file(path: PathLike) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
-    """Return ``((row spacing, column spacing) in mm, attribute name)``, or ``(None, "")`` when no usable spacing.
+def check_image_size(rows: int, columns: int, max_pixels: int, what: str = "the image") -> None:
+    """Raise :class:`ImageTooLarge` when ``rows`` x ``columns`` exceeds ``max_pixels`` (or is not positive)."""
+    if rows <= 0 or columns <= 0:
+        raise InputError(f"{what} has no pixels ({rows} x {columns})")
+    if rows * columns > max_pixels:
+        raise ImageTooLarge(
+            f"{what} is {rows} x {columns} = {rows * columns / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels (raise it with --max_image_pixels)"
+        )
 
-    Values that are missing, not two numbers, zero, negative or not finite are ignored.
+
+def _check_deflated_size(path: str, max_bytes: int) -> None:
+    """A Deflated Explicit VR file expands in memory when pydicom reads it: stream-inflate it first (without
+    keeping the output) and refuse it when it expands beyond ``max_bytes`` (a deflate bomb)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+        if len(head) < 144 or head[132:136] != b"\x02\x00\x00\x00":  # no File Meta Group Length: let pydicom judge
+            return
+        f.seek(144 + int.from_bytes(head[140:144], "little"))
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := f.read(1 << 20):
+            try:
+                total += len(inflater.decompress(chunk, max_bytes + 1 - total))
+                while inflater.unconsumed_tail and total <= max_bytes:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, max_bytes + 1 - total))
+            except zlib.error as exc:
+                raise InputError(f"the deflated dataset cannot be inflated ({exc})") from exc
+            if total > max_bytes:
+                raise ImageTooLarge(
+                    f"the deflated dataset expands to more than {max_bytes / 2**20:.0f} MiB (raise the limit with "
+                    "--max_image_pixels)"
+                )
+
+
+def read_dicom(path: str, max_pixels: int = MAX_IMAGE_PIXELS, stop_before_pixels: bool = False, **kwargs) -> Dataset:
+    """Read a DICOM file with pydicom: by content (``DICM`` marker) or forced for a ``.dcm`` file without preamble.
+
+    A Deflated Explicit VR Little Endian file is checked for a deflate bomb first (:func:`_check_deflated_size`).
+
+    Raises:
+        InputError: the file is not a readable DICOM file (the message says why).
     """
-    for keyword in SPACING_ATTRIBUTES:
+    forced = not is_dicom_file(path)
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path) if not forced else None
+        if meta is not None and str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+            _check_deflated_size(path, max_pixels * 4 + (64 << 20))
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=forced, **kwargs)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"unreadable DICOM header ({type(exc).__name__}: {first_line(exc)})") from exc
+    if forced and "SOPClassUID" not in ds and "PixelData" not in ds and "Rows" not in ds:  # force=True reads anything
+        raise InputError("not a DICOM file: no 'DICM' marker and no DICOM data elements")
+    return ds
+
+
+def safe_get(ds: Dataset, keyword: str, default=None):
+    """``ds.get(keyword, default)``, or ``default`` when the element's value cannot be converted (pydicom converts
+    lazily, so a corrupt value raises only when it is read: ``NotImplementedError`` for an unknown VR, ``ValueError``
+    for text in a number, ...)."""
+    try:
+        return ds.get(keyword, default)
+    except Exception:
+        return default
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str:
+    """The stored value of an element as text, for messages (whatever its VR or content), at most 40 characters."""
+    try:
+        element = ds.get_item(keyword)
+        value = element.value if element is not None else None
+    except Exception:
+        return "?"
+    if isinstance(value, bytes):
+        value = value.decode("latin-1").strip(" \x00")
+    many = isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+    text = "\\".join(str(v) for v in value) if many else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def numbers(ds: Dataset, keyword: str) -> list[float] | None:
+    """The numeric values of an element, ``None`` when it is absent or empty.
+
+    Raises:
+        InputError: the element holds something that is not numbers (message with its stored value).
+    """
+    if keyword not in ds:
+        return None
+    try:
         value = ds.get(keyword)
-        if value is None:
-            continue
-        if isinstance(value, (str, bytes)):
-            value = str(value).split("\\")
+    except Exception as exc:
+        raise InputError(f"{keyword} '{_raw_text(ds, keyword)}' is not a number") from exc
+    if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if isinstance(value, (str, bytes)):
+        value = (value.decode("latin-1") if isinstance(value, bytes) else value).split("\\")
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{keyword} '{_raw_text(ds, keyword)}' is not a number") from exc
+
+
+def _magnification(ds: Dataset) -> tuple[float | None, str]:
+    """Estimated Radiographic Magnification Factor (0018,1114): ``(factor, "")`` or ``(None, why not)``."""
+    try:
+        values = numbers(ds, "EstimatedRadiographicMagnificationFactor")
+    except InputError as exc:
+        return None, f"{exc}, ignored"
+    if values is None:
+        return None, "no EstimatedRadiographicMagnificationFactor"
+    if len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
+        text = _raw_text(ds, "EstimatedRadiographicMagnificationFactor")
+        return None, f"EstimatedRadiographicMagnificationFactor '{text}' ignored"
+    return values[0], ""
+
+
+def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """Return ``((row spacing, column spacing) in mm, source)``, or ``(None, why)`` when no usable spacing.
+
+    Attributes are tried in the order of :data:`SPACING_ATTRIBUTES`; values that are missing, not two numbers, zero,
+    negative or not finite are ignored and named in ``source``. Imager Pixel Spacing is measured at the detector:
+    when the image has an Estimated Radiographic Magnification Factor, the spacing is divided by it to give the
+    spacing on the patient plane (PS3.3 C.8.11.7), and ``source`` says which was used.
+
+    ``source`` is e.g. ``"PixelSpacing"``, ``"ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor 1.15
+    (patient plane)"``, ``"ImagerPixelSpacing (detector plane, no EstimatedRadiographicMagnificationFactor)"``, or
+    ``"none: PixelSpacing 'abc' is not a number"``; ``""`` when the file has no spacing attribute at all.
+    """
+    ignored = []
+    for keyword in SPACING_ATTRIBUTES:
         try:
-            values = [float(v) for v in (value if isinstance(value, Sequence) else [value])]
-        except (TypeError, ValueError):
+            values = numbers(ds, keyword)
+        except InputError as exc:
+            ignored.append(str(exc))
             continue
-        if len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values):
-            return (values[0], values[1]), keyword
-    return None, ""
+        if values is None:
+            continue
+        if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+            ignored.append(f"{keyword} '{_raw_text(ds, keyword)}' is not two positive numbers")
+            continue
+        spacing, source = (values[0], values[1]), keyword
+        if keyword == "ImagerPixelSpacing":
+            factor, why_not = _magnification(ds)
+            if factor is not None:
+                spacing = (values[0] / factor, values[1] / factor)
+                source = f"ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor {factor:g} (patient plane)"
+            else:
+                source = f"ImagerPixelSpacing (detector plane, {why_not})"
+        return spacing, "; ".join([source] + [f"{text}, ignored" for text in ignored])
+    return None, ("none: " + "; ".join(ignored)) if ignored else ""
 
 
 def describe_dicom(ds: Dataset) -> str:
     """A short description of a DICOM object for messages: SOP class name, modality, transfer syntax."""
-    sop = pydicom.uid.UID(str(ds.get("SOPClassUID", ""))) if ds.get("SOPClassUID") else None
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    parts = [sop.name if sop else "no SOP Class UID", f"modality {ds.get('Modality', '?')}"]
+    sop = str(safe_get(ds, "SOPClassUID", "") or "")
+    syntax = safe_get(getattr(ds, "file_meta", Dataset()), "TransferSyntaxUID")
+    sop_name = pydicom.uid.UID(sop).name if pydicom.uid.UID(sop).is_valid else "invalid SOP Class UID"
+    parts = [sop_name if sop else "no SOP Class UID", f"modality {safe_get(ds, 'Modality', '?')}"]
     if syntax:
-        parts.append(pydicom.uid.UID(syntax).name)
-    return ", ".join(parts)
+        parts.append(pydicom.uid.UID(str(syntax)).name if pydicom.uid.UID(str(syntax)).is_valid else "invalid syntax")
+    return ", ".join(str(p)[:80] for p in parts)
 
 
-def _number_of_frames(ds: Dataset) -> int:
+def number_of_frames(ds: Dataset) -> tuple[int, str]:
+    """``(frames, note)``: Number of Frames, or 1 with a note when it is missing, not a number, or not positive."""
     try:
-        return int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        return 1
+        values = numbers(ds, "NumberOfFrames")
+    except InputError as exc:
+        return 1, f"{exc}, read as 1 frame"
+    if not values:
+        return 1, ""
+    if len(values) != 1 or not math.isfinite(values[0]) or values[0] < 1 or values[0] != int(values[0]):
+        return 1, f"NumberOfFrames '{_raw_text(ds, 'NumberOfFrames')}' read as 1 frame"
+    return int(values[0]), ""
 
 
-def to_display_grey(ds: Dataset) -> tuple[np.ndarray, list[str]]:
+def _whole_number(ds: Dataset, keyword: str) -> int | None:
+    try:
+        values = numbers(ds, keyword)
+    except InputError:
+        return None
+    if not values or len(values) != 1 or not math.isfinite(values[0]) or values[0] != int(values[0]):
+        return None
+    return int(values[0])
+
+
+def check_pixel_geometry(ds: Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Check, before decoding, that the pixel data can be decoded within ``max_pixels``.
+
+    Rows and Columns must be positive whole numbers whose product is within ``max_pixels``; for encapsulated
+    (compressed) pixel data, the first frame's codestream must describe the same Rows x Columns (a JPEG 2000 or JPEG
+    codestream is decoded to its own size, whatever the DICOM header says).
+
+    Raises:
+        InputError: the geometry is invalid; :class:`ImageTooLarge` when it is above the limit.
+    """
+    rows, columns = _whole_number(ds, "Rows"), _whole_number(ds, "Columns")
+    if rows is None or columns is None:
+        raise InputError(f"Rows '{_raw_text(ds, 'Rows')}' x Columns '{_raw_text(ds, 'Columns')}' is not an image size")
+    check_image_size(rows, columns, max_pixels, "the image (Rows x Columns)")
+    syntax = pydicom.uid.UID(str(safe_get(getattr(ds, "file_meta", Dataset()), "TransferSyntaxUID", "") or ""))
+    if syntax and not syntax.is_transfer_syntax:
+        raise InputError(f"unknown transfer syntax {str(syntax)[:64]!r}: the pixel data cannot be decoded")
+    if not syntax or not syntax.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        frame = _first_frame(ds.PixelData)
+    except Exception as exc:
+        raise InputError(f"the compressed pixel data is not valid encapsulated data ({first_line(exc)})") from exc
+    size = _codestream_size(bytes(frame), syntax)
+    if size is not None and size != (rows, columns):
+        raise InputError(
+            f"the {syntax.name} codestream is {size[0]} x {size[1]} pixels but the header says Rows x Columns = "
+            f"{rows} x {columns}"
+        )
+
+
+def _codestream_size(frame: bytes, syntax: pydicom.uid.UID) -> tuple[int, int] | None:
+    """``(rows, columns)`` from a JPEG 2000 or JPEG/JPEG-LS codestream's header (read without decoding)."""
+    try:
+        if syntax.name.startswith("JPEG 2000") or "2000" in syntax.name:
+            import openjpeg
+
+            params = openjpeg.get_parameters(frame)
+            return int(params["rows"]), int(params["columns"])
+        if syntax.name.startswith("JPEG"):
+            import libjpeg
+
+            params = libjpeg.get_parameters(frame)
+            return int(params["rows"]), int(params["columns"])
+    except ImportError:
+        return None
+    except Exception as exc:
+        raise InputError(f"the {syntax.name} codestream header cannot be read ({first_line(exc)})") from exc
+    return None
+
+
+def _rescale_is_valid(ds: Dataset, notes: list[str]) -> bool:
+    """Whether Rescale Slope/Intercept can be applied; an invalid pair is named in ``notes``."""
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+        return False
+    try:
+        slope, intercept = numbers(ds, "RescaleSlope"), numbers(ds, "RescaleIntercept")
+    except InputError as exc:
+        notes.append(f"rescale ignored ({exc})")
+        return False
+    if slope is None or intercept is None or len(slope) != 1 or len(intercept) != 1:
+        notes.append("rescale ignored (Rescale Slope and Intercept must both be single numbers)")
+        return False
+    if not (math.isfinite(slope[0]) and math.isfinite(intercept[0])) or slope[0] == 0:
+        notes.append(f"rescale slope {slope[0]:g} intercept {intercept[0]:g} ignored (not finite, or slope 0)")
+        return False
+    notes.append(f"rescale slope {slope[0]:g} intercept {intercept[0]:g}")
+    return True
+
+
+def _apply_modality(arr: np.ndarray, ds: Dataset, notes: list[str]) -> tuple[np.ndarray, Dataset]:
+    """The Modality LUT stage; returns the values and the dataset attributes the VOI stage must see."""
+    used = Dataset()
+    if safe_get(ds, "ModalityLUTSequence"):
+        try:
+            out = apply_modality_lut(arr, ds)
+        except Exception as exc:
+            notes.append(f"modality LUT ignored ({first_line(exc)})")
+        else:
+            notes.append("modality LUT")
+            used.ModalityLUTSequence = ds.ModalityLUTSequence
+            return out, used
+    if _rescale_is_valid(ds, notes):
+        used.RescaleSlope, used.RescaleIntercept = ds.RescaleSlope, ds.RescaleIntercept
+        return arr.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept), used
+    return arr, used
+
+
+def _window(ds: Dataset, notes: list[str]) -> tuple[float, float, str] | None:
+    """The first valid Window Center/Width with its VOI LUT Function, or ``None`` (problems named in ``notes``)."""
+    if "WindowCenter" not in ds and "WindowWidth" not in ds:
+        return None
+    try:
+        centers, widths = numbers(ds, "WindowCenter"), numbers(ds, "WindowWidth")
+    except InputError as exc:
+        notes.append(f"window ignored ({exc})")
+        return None
+    if not centers or not widths:
+        notes.append("window ignored (Window Center or Width is missing)")
+        return None
+    center, width = centers[0], widths[0]
+    function = str(safe_get(ds, "VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in _VOI_FUNCTIONS:
+        notes.append(f"VOI LUT Function {function[:20]!r} unknown, LINEAR used")
+        function = "LINEAR"
+    if not (math.isfinite(center) and math.isfinite(width)) or width < (1 if function == "LINEAR" else 1e-12):
+        notes.append(f"window {center:g}/{width:g} ignored (not finite, or width too small)")
+        return None
+    return center, width, function
+
+
+def _apply_voi(arr: np.ndarray, ds: Dataset, used: Dataset, photometric: str, notes: list[str]) -> np.ndarray:
+    """The VOI stage: the VOI LUT Sequence, else the first valid window, else the values unchanged."""
+    sequence = safe_get(ds, "VOILUTSequence")
+    if sequence:
+        try:
+            if "LUTDescriptor" not in sequence[0] or "LUTData" not in sequence[0]:
+                raise InputError("the first item has no LUT Descriptor and LUT Data")
+            out = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+        except Exception as exc:
+            notes.append(f"VOI LUT ignored ({first_line(exc)})")
+        else:
+            notes.append("VOI LUT")
+            return out
+    window = _window(ds, notes)
+    if window is None:
+        return arr
+    center, width, function = window
+    # a clean view of the attributes the windowing reads: pydicom's own function reads (and writes) them on ``ds``
+    view = Dataset()
+    view.PhotometricInterpretation = photometric
+    view.WindowCenter, view.WindowWidth, view.VOILUTFunction = center, width, function
+    bits = _whole_number(ds, "BitsStored")
+    view.BitsStored = bits if bits and 1 <= bits <= 32 else 16
+    view.PixelRepresentation = 1 if _whole_number(ds, "PixelRepresentation") == 1 else 0
+    view.update(used)
+    try:
+        out = apply_windowing(arr, view, index=0)
+    except Exception as exc:
+        notes.append(f"window ignored ({first_line(exc)})")
+        return arr
+    notes.append(f"window {center:g}/{width:g} {function}")
+    return out
+
+
+def to_display_grey(ds: Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, list[str]]:
     """Decode a single-frame DICOM image to the grey values a viewer shows, shape ``(rows, columns)``.
 
     Returns:
-        ``(float32 array, notes)``: ``notes`` lists what was applied, for the run report.
+        ``(float32 array, notes)``: ``notes`` lists what was applied and what was ignored, for the run report.
 
     Raises:
-        ValueError: no pixel data, several frames, or pixel data that cannot be decoded (message says why).
+        InputError: no pixel data, several frames, a size above ``max_pixels``, or pixel data that cannot be decoded
+            (the message says which and why).
     """
     if "PixelData" not in ds:
-        raise ValueError(f"no pixel data ({describe_dicom(ds)})")
-    frames = _number_of_frames(ds)
+        raise InputError(f"no pixel data ({describe_dicom(ds)})")
+    frames, frames_note = number_of_frames(ds)
     if frames > 1:
-        raise ValueError(f"multi-frame image ({frames} frames); only single-frame radiographs are segmented")
+        raise InputError(f"multi-frame image ({frames} frames); only single-frame radiographs are segmented")
+    notes: list[str] = [frames_note] if frames_note else []
+    if frames_note:  # pydicom decodes by the header's value: a broken one is removed from this (read-only) copy
+        del ds["NumberOfFrames"]
+    check_pixel_geometry(ds, max_pixels)
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types; the message with the syntax is what a user needs
-        raise ValueError(f"cannot decode pixel data ({describe_dicom(ds)}): {exc}") from exc
+    except BaseException as exc:  # pydicom raises many types; the message with the syntax is what a user needs
+        if not is_input_failure(exc):
+            raise
+        raise InputError(f"cannot decode pixel data ({describe_dicom(ds)}): {first_line(exc)}") from exc
 
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    notes: list[str] = []
+    photometric = str(safe_get(ds, "PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        try:
+            arr = apply_color_lut(arr, ds)
+        except BaseException as exc:
+            if not is_input_failure(exc):
+                raise
+            raise InputError(f"PALETTE COLOR image without a usable palette ({first_line(exc)})") from exc
         notes.append("palette colour")
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (YBR is converted to RGB by pydicom)
-        notes.append(f"{photometric} to grey")
+        notes.append(f"{photometric[:20]} to grey")
         if arr.dtype == np.uint8:  # PIL's own fixed-point ITU-R 601 luma: identical to an RGB PNG of the same pixels
             r, g, b = (arr[..., i].astype(np.uint32) for i in range(3))
             return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.float32), notes
         return (arr.astype(np.float32) @ _LUMA).astype(np.float32), notes
     if arr.ndim != 2:
-        raise ValueError(f"unexpected pixel array shape {arr.shape} ({describe_dicom(ds)})")
+        raise InputError(
+            f"the pixel data decodes to an array of shape {arr.shape}, not one grey image: Rows, Columns, Samples per "
+            f"Pixel or Number of Frames do not match the pixel data ({describe_dicom(ds)})"
+        )
 
-    if ds.get("ModalityLUTSequence"):
-        notes.append("modality LUT")
-    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        notes.append(f"rescale slope {float(ds.RescaleSlope):g} intercept {float(ds.RescaleIntercept):g}")
-    arr = apply_modality_lut(arr, ds)
+    arr, used = _apply_modality(arr, ds, notes)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        try:
-            voi = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
-        except Exception as exc:  # a malformed window/LUT must not lose the image: use the full range instead
-            notes.append(f"VOI ignored ({exc})")
-        else:
-            if voi is not arr:
-                if ds.get("VOILUTSequence"):
-                    notes.append("VOI LUT")
-                else:
-                    center, width = ds.WindowCenter, ds.WindowWidth
-                    center = center[0] if isinstance(center, Sequence) and not isinstance(center, str) else center
-                    width = width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width
-                    notes.append(f"window {float(center):g}/{float(width):g} {ds.get('VOILUTFunction', 'LINEAR')}")
-            arr = voi
+        arr = _apply_voi(arr, ds, used, photometric, notes)
     arr = arr.astype(np.float32, copy=False)
     if photometric == "MONOCHROME1":
         # min + max - x maps the darkest value to the brightest and back; ScaleIntensity to [0, 1] afterwards makes
         # this exactly 1 - x of the MONOCHROME2 rendering
-        arr = np.float32(arr.min()) + np.float32(arr.max()) - arr
+        arr = np.float32(np.nanmin(arr)) + np.float32(np.nanmax(arr)) - arr if np.isfinite(arr).any() else arr
         notes.append("MONOCHROME1 inverted")
     return arr, notes
 
@@ -166,17 +507,21 @@ class RadiographDicomReader(ImageReader):
 
     Meta data (besides MONAI's ``spatial_shape``, ``original_channel_dim`` and ``affine``): ``format`` ("DICOM"),
     ``pixel_spacing`` (``[row, column]`` mm, or NaN when unknown), ``spacing_source``, ``pixel_processing`` (what was
-    applied), ``modality``, ``patient_orientation`` (e.g. ``"L\\F"``), ``sop_instance_uid``, ``rows``, ``columns``.
-    The ``affine`` scales x by the column spacing and y by the row spacing (identity when unknown).
+    applied and what was ignored), ``modality``, ``patient_orientation`` (e.g. ``"L\\F"``), ``sop_instance_uid``,
+    ``rows``, ``columns``. The ``affine`` scales x by the column spacing and y by the row spacing (identity when
+    unknown).
 
     Args:
+        max_pixels: the largest Rows x Columns decoded; larger images (or headers and codestreams claiming them) fail
+            before anything of their size is allocated.
         kwargs: passed to ``pydicom.dcmread``.
     """
 
     suffixes = ("dcm", "dicom")
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS, **kwargs) -> None:
         super().__init__()
+        self.max_pixels = int(max_pixels)
         self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -192,14 +537,11 @@ class RadiographDicomReader(ImageReader):
             if not os.path.isfile(name):
                 raise FileNotFoundError(f"{name}: no such file")
             if os.path.getsize(name) == 0:
-                raise ValueError(f"{name}: empty file (0 bytes)")
-            forced = not is_dicom_file(name)
+                raise InputError(f"{name}: empty file (0 bytes)")
             try:
-                ds = pydicom.dcmread(name, **{"force": forced, **options})
-            except Exception as exc:
-                raise ValueError(f"{name}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-            if forced and "SOPClassUID" not in ds and "PixelData" not in ds:  # force=True "reads" any file
-                raise ValueError(f"{name}: not a readable DICOM file (no 'DICM' marker and no DICOM image elements)")
+                ds = read_dicom(name, self.max_pixels, **options)
+            except InputError as exc:
+                raise type(exc)(f"{name}: not a readable DICOM file ({exc})") from exc
             datasets.append(ds)
         return datasets if len(datasets) > 1 else datasets[0]
 
@@ -208,9 +550,9 @@ class RadiographDicomReader(ImageReader):
         arrays, meta = [], {}
         for ds in img if isinstance(img, (list, tuple)) else [img]:  # a Dataset is iterable: no ensure_tuple
             try:
-                grey, notes = to_display_grey(ds)
-            except ValueError as exc:
-                raise ValueError(f"{getattr(ds, 'filename', '<dataset>')}: {exc}") from exc
+                grey, notes = to_display_grey(ds, self.max_pixels)
+            except InputError as exc:
+                raise type(exc)(f"{getattr(ds, 'filename', '<dataset>')}: {exc}") from exc
             arrays.append(grey.T)  # (rows, columns) -> MONAI's (x, y) = (columns, rows), as PILReader does
             if not meta:
                 meta = self._meta(ds, grey.shape, notes)
@@ -223,7 +565,7 @@ class RadiographDicomReader(ImageReader):
         affine = np.eye(4)
         if spacing is not None:
             affine[0, 0], affine[1, 1] = spacing[1], spacing[0]  # x runs along a row: column spacing
-        orientation = ds.get("PatientOrientation") or []
+        orientation = safe_get(ds, "PatientOrientation") or []
         return {
             "format": "DICOM",
             MetaKeys.SPATIAL_SHAPE: np.asarray((shape[1], shape[0])),
@@ -232,9 +574,9 @@ class RadiographDicomReader(ImageReader):
             "pixel_spacing": np.asarray(spacing if spacing else (np.nan, np.nan), dtype=np.float64),
             "spacing_source": source,
             "pixel_processing": "; ".join(notes),
-            "modality": str(ds.get("Modality", "")),
-            "patient_orientation": "\\".join(str(v) for v in ensure_tuple(orientation)),
-            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+            "modality": str(safe_get(ds, "Modality", "") or "")[:16],
+            "patient_orientation": "\\".join(str(v)[:16] for v in ensure_tuple(orientation))[:64],
+            "sop_instance_uid": str(safe_get(ds, "SOPInstanceUID", "") or "")[:64],
             "rows": int(shape[0]),
             "columns": int(shape[1]),
         }

@@ -1,12 +1,33 @@
-"""On/off settings as ``monai.bundle``'s command line passes them."""
+"""The one reader of on/off settings, for every boolean option of every config, as users type them.
+
+``monai.bundle run ... --write_seg false`` passes the string ``"false"`` (Python's ``fire`` turns only ``False`` into
+a bool), which Python would take as true; ``--write_seg 0`` arrives as the integer 0. Every config therefore reads its
+switches through :func:`is_on` (``"$scripts.flags.is_on(@write_seg)"``), never as Python truth values.
+"""
 
 from __future__ import annotations
 
-__all__ = ["is_on"]
+__all__ = ["is_on", "ON_WORDS", "OFF_WORDS"]
+
+ON_WORDS = ("true", "yes", "on", "1")
+OFF_WORDS = ("false", "no", "off", "0")
 
 
 def is_on(value: bool | int | str | None) -> bool:
-    """Whether a config switch is on. ``monai.bundle run ... --resume true`` passes the string ``"true"`` (and
-    ``--resume false`` the string ``"false"``, which Python would take as true): ``True``, ``1``, ``"true"`` and
-    ``"1"`` (any case) are on, everything else is off."""
-    return str(value).strip().lower() in ("true", "1")
+    """Whether a switch is on: ``True``/``False``, ``1``/``0``, or one of the words ``true/false``, ``yes/no``,
+    ``on/off``, ``1/0`` in any case (surrounding spaces ignored).
+
+    Raises:
+        ValueError: anything else (a typo such as ``"flase"`` must not silently mean off), naming the accepted words.
+    """
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ON_WORDS:
+        return True
+    if word in OFF_WORDS:
+        return False
+    raise ValueError(
+        f"{value!r} is not an on/off value: use one of {', '.join(ON_WORDS)} (on) or {', '.join(OFF_WORDS)} (off), "
+        "in any case"
+    )

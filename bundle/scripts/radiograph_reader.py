@@ -14,19 +14,28 @@ All formats come out as MONAI ``(x, y)`` = ``(columns, rows)`` grey arrays:
 * PNG/JPEG/BMP/TIFF: MONAI's ``PILReader`` with :func:`scripts.transforms.to_grey` (as in training);
 * NIfTI: MONAI's ``NibabelReader``; a trailing singleton third axis (``(x, y, 1)``) is dropped. The array is used as
   stored, so it must follow the same convention (x along a row, rows from the top), as MONAI and nibabel write it.
+
+Bounded resources: every format's size is read from its header first (PIL's image plugins, nibabel's header, the
+DICOM header and codestream, see :func:`scripts.dicom.check_pixel_geometry`) and an image above ``max_pixels`` fails
+with :class:`~scripts.input_errors.ImageTooLarge` before it is decoded, so a file's memory never depends on what its
+header claims. Pixel values that are not finite (NaN, infinite: float NIfTI or DICOM, a NaN rescale) are set to the
+image's smallest finite value and counted in ``pixel_processing``; an image with no finite value at all fails.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from monai.config import PathLike
 from monai.data import ImageReader, NibabelReader
 from monai.utils import MetaKeys, ensure_tuple
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from .dicom import RadiographDicomReader, is_dicom_file
+from .dicom import MAX_IMAGE_PIXELS, RadiographDicomReader, check_image_size, is_dicom_file
+from .input_errors import InputError, first_line, is_input_failure
 from .transforms import grey_png_reader
 
 __all__ = ["RadiographReader", "sniff_format", "PIL_FORMATS", "META_DEFAULTS"]
@@ -39,6 +48,14 @@ _MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 )
+# PIL's image classes read only the header when constructed (``Image.open`` adds PIL's own size check, which would
+# hide the size behind its error for images above PIL's limit)
+_PIL_HEADERS = {
+    "png": PngImagePlugin.PngImageFile,
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+    "tiff": TiffImagePlugin.TiffImageFile,
+}
 # NIfTI spatial units (xyzt_units & 7) -> mm
 _NIFTI_UNITS_MM = {1: 1000.0, 2: 1.0, 3: 0.001}
 
@@ -97,13 +114,22 @@ class RadiographReader(ImageReader):
     ``spatial_shape``, ``original_channel_dim``, ``affine``, plus ``format``, ``pixel_spacing`` (``[row, column]``
     mm, NaN when unknown), ``spacing_source``, ``pixel_processing``, ``modality``, ``patient_orientation`` and
     ``sop_instance_uid`` (empty strings when a format has no such information).
+
+    Args:
+        max_pixels: the largest image (rows x columns) decoded; a larger one fails with
+            :class:`~scripts.input_errors.ImageTooLarge` before it is decoded (see the module docstring).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
-        self.dicom = RadiographDicomReader()
+        self.max_pixels = int(max_pixels)
+        self.dicom = RadiographDicomReader(max_pixels=self.max_pixels)
         self.pil = grey_png_reader()
         self.nifti = NibabelReader()
+        if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
+            # PIL refuses images above its own limit (or twice it) on opening: a user who raised this reader's limit
+            # raised it for PIL too
+            Image.MAX_IMAGE_PIXELS = self.max_pixels
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(sniff_format(f) is not None for f in ensure_tuple(filename))
@@ -124,23 +150,20 @@ class RadiographReader(ImageReader):
         if not os.path.isfile(item.path):
             raise FileNotFoundError(f"{item.path}: no such file")
         if os.path.getsize(item.path) == 0:
-            raise ValueError(f"{item.path}: empty file (0 bytes)")
+            raise InputError(f"{item.path}: empty file (0 bytes)")
         if item.kind == "dicom":
             array, meta = self.dicom.get_data(self.dicom.read(item.path))
         elif item.kind in PIL_FORMATS:
-            try:
-                array, meta = self.pil.get_data(self.pil.read(item.path))
-            except Exception as exc:
-                raise ValueError(
-                    f"{item.path}: cannot decode {item.kind.upper()} ({type(exc).__name__}: {exc})"
-                ) from exc
-            meta = {MetaKeys.SPATIAL_SHAPE: meta[MetaKeys.SPATIAL_SHAPE], "format": item.kind.upper()}
+            array, meta = self._load_pil(item.path, item.kind)
         elif item.kind == "nifti":
             array, meta = self._load_nifti(item.path)
         else:
-            raise ValueError(f"{item.path}: not a DICOM (no 'DICM' marker), PNG, JPEG, BMP, TIFF or NIfTI file")
+            raise InputError(f"{item.path}: not a DICOM (no 'DICM' marker), PNG, JPEG, BMP, TIFF or NIfTI file")
         if array.ndim != 2:
-            raise ValueError(f"{item.path}: expected a 2D grey image, got an array of shape {array.shape}")
+            raise InputError(f"{item.path}: expected a 2D grey image, got an array of shape {array.shape}")
+        array, note = _finite(array, item.path)
+        if note:
+            meta["pixel_processing"] = "; ".join(n for n in (meta.get("pixel_processing", ""), note) if n)
         out = {**META_DEFAULTS, **{k: meta[k] for k in META_DEFAULTS if k in meta}}
         out["pixel_spacing"] = np.asarray(out["pixel_spacing"], dtype=np.float64)
         out[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape)
@@ -148,11 +171,42 @@ class RadiographReader(ImageReader):
         out[MetaKeys.AFFINE] = np.asarray(meta.get(MetaKeys.AFFINE, np.eye(4)), dtype=np.float64)
         return array, out
 
+    def _load_pil(self, path: str, kind: str) -> tuple[np.ndarray, dict]:
+        try:
+            with _PIL_HEADERS[kind](path) as header:
+                columns, rows = header.size
+        except Exception as exc:
+            raise InputError(
+                f"{path}: cannot read the {kind.upper()} header ({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
+        with _naming(path):
+            check_image_size(rows, columns, self.max_pixels, f"the {kind.upper()} image")
+        try:
+            array, meta = self.pil.get_data(self.pil.read(path))
+        except BaseException as exc:
+            if not is_input_failure(exc):
+                raise
+            raise InputError(f"{path}: cannot decode {kind.upper()} ({type(exc).__name__}: {first_line(exc)})") from exc
+        return array, {MetaKeys.SPATIAL_SHAPE: meta[MetaKeys.SPATIAL_SHAPE], "format": kind.upper()}
+
     def _load_nifti(self, path: str) -> tuple[np.ndarray, dict]:
         try:
-            array, header = self.nifti.get_data(self.nifti.read(path))
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+            image = self.nifti.read(path)
+            shape = tuple(int(v) for v in image.shape)
+        except BaseException as exc:
+            if not is_input_failure(exc):
+                raise
+            raise InputError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {first_line(exc)})") from exc
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 1):
+            raise InputError(f"{path}: a NIfTI of shape {shape} is not a 2D image")
+        with _naming(path):
+            check_image_size(shape[1], shape[0], self.max_pixels, "the NIfTI image")
+        try:
+            array, header = self.nifti.get_data(image)
+        except BaseException as exc:
+            if not is_input_failure(exc):
+                raise
+            raise InputError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {first_line(exc)})") from exc
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         affine = np.asarray(header.get(MetaKeys.AFFINE, np.eye(4)), dtype=np.float64)
@@ -164,3 +218,29 @@ class RadiographReader(ImageReader):
         if scale is not None and all(v > 0 for v in spacing):
             meta.update(pixel_spacing=(spacing[1] * scale, spacing[0] * scale), spacing_source="NIfTI affine")
         return np.asarray(array, dtype=np.float32), meta
+
+
+def _finite(array: np.ndarray, path: str) -> tuple[np.ndarray, str]:
+    """The array with non-finite values (NaN, infinite) set to its smallest finite value, and a note saying how many.
+
+    Raises:
+        InputError: no pixel is finite.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return array, ""
+    finite = np.isfinite(array)
+    if finite.all():
+        return array, ""
+    if not finite.any():
+        raise InputError(f"{path}: no finite pixel value (every pixel is NaN or infinite)")
+    count = int(array.size - np.count_nonzero(finite))
+    return np.where(finite, array, array[finite].min()), f"{count} non-finite pixel values set to the minimum"
+
+
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Put ``path`` in front of the message of an :class:`InputError` raised inside."""
+    try:
+        yield
+    except InputError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc

@@ -14,7 +14,9 @@ report has exactly one row per discovered file.
 
 Exit status (see :data:`EXIT_OK`, :data:`EXIT_INPUTS_FAILED`): 0 when every discovered file is ``ok`` or ``skipped``,
 3 when at least one is ``failed`` (the report says which and why). A run that cannot start (no input folder, no
-weights, bad arguments) ends with Python's status 1 and no report.
+weights, bad arguments) or that a fault of its own stops (an output folder that is not writable, a full disk: see
+:class:`scripts.fault_tolerance.RunFault`) ends with status 1 and a message; the rows recorded so far stay in
+``records/`` and a re-run continues from them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import os
 
 import numpy as np
 
+from .dicom import MAX_IMAGE_PIXELS
 from .discovery import RADIOGRAPH_MODALITIES, discover_inputs
+from .fault_tolerance import RunFault
 from .postprocess import lung_box, lung_components, split_labelled_lungs
 from .writers import atomic_write, output_stem
 
@@ -164,6 +168,10 @@ class RunReport:
             options); a previous row is reused only when its settings are equal.
         modalities: DICOM Modality values that are segmented.
         datalist_key: list to read from a datalist JSON file (default ``"testing"``, else ``"test"``).
+        max_pixels: the run's image size limit (discovery refuses deflated DICOM datasets that expand beyond it).
+
+    Raises:
+        RunFault: the output folder cannot be created or written.
     """
 
     def __init__(
@@ -174,6 +182,7 @@ class RunReport:
         settings: dict | None = None,
         modalities=RADIOGRAPH_MODALITIES,
         datalist_key: str | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
         if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(self.output_dir):
@@ -182,13 +191,25 @@ class RunReport:
                 "sub-folder of the input (it is then not searched for inputs)"
             )
         self.records_dir = os.path.join(self.output_dir, "records")
-        os.makedirs(self.records_dir, exist_ok=True)
+        try:
+            os.makedirs(self.records_dir, exist_ok=True)
+            if not os.access(self.records_dir, os.W_OK | os.X_OK):
+                raise PermissionError(f"no permission to write in {self.records_dir}")
+        except OSError as exc:
+            raise RunFault(
+                f"the output folder {self.output_dir} cannot be written ({exc.strerror or exc}); choose another "
+                "--output_dir"
+            ) from exc
         self._remove_stale_temporary_files()
         self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.settings = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
         self.settings_id = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
         self.inputs = discover_inputs(
-            dataset_dir, exclude=[self.output_dir], modalities=modalities, datalist_key=datalist_key
+            dataset_dir,
+            exclude=[self.output_dir],
+            modalities=modalities,
+            datalist_key=datalist_key,
+            max_pixels=max_pixels,
         )
         self._entries = {e["key"]: e for e in self.inputs}
         self.rows: dict[str, dict] = {}
@@ -228,7 +249,10 @@ class RunReport:
         for folder, _, files in os.walk(self.output_dir):
             for name in files:
                 if name.startswith(".tmp-"):
-                    os.remove(os.path.join(folder, name))
+                    try:
+                        os.remove(os.path.join(folder, name))
+                    except OSError:  # another process's, or already gone: not this run's concern
+                        pass
 
     def entry(self, key: str) -> dict:
         """The discovery entry of ``key``."""

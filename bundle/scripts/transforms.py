@@ -11,8 +11,16 @@ from monai.transforms import MapTransform, Resize
 from PIL import Image
 
 from .flags import is_on
+from .input_errors import NotARadiograph
 
-__all__ = ["to_grey", "grey_png_reader", "ResizeToMatchd", "above_minimum", "padding_crop_selector"]
+__all__ = [
+    "to_grey",
+    "grey_png_reader",
+    "ResizeToMatchd",
+    "RejectBlankImaged",
+    "above_minimum",
+    "padding_crop_selector",
+]
 
 # PIL modes that already hold one grey value per pixel and are kept as they are (8, 16 and 32 bit)
 _GREY_MODES = {"L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -72,6 +80,30 @@ class ResizeToMatchd(MapTransform):
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != target:
                 d[key] = Resize(spatial_size=target, mode=self.mode)(d[key])
+        return d
+
+
+class RejectBlankImaged(MapTransform):
+    """Raise :class:`~scripts.input_errors.NotARadiograph` for an image whose pixels all have one value.
+
+    A blank image (all black or all white: a failed export, a placeholder, a corrupt frame) has nothing to segment;
+    in batch inference its row becomes ``skipped`` with the reason instead of an arbitrary "mask". Labels are not
+    checked (an empty mask is a valid label).
+
+    Args:
+        keys: keys of the images to check (usually ``"image"``).
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            low, high = torch.aminmax(torch.as_tensor(d[key]))
+            if bool(low == high):
+                raise NotARadiograph(f"blank image: every pixel has the value {float(low):g}")
         return d
 
 

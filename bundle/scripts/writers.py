@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import re
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "write_mask_nifti",
     "write_overlay_png",
     "write_dicom_seg",
+    "seg_source",
 ]
 
 # highdicom logs every module it copies at INFO, several lines per SEG: keep batch logs readable unless the user
@@ -35,6 +38,7 @@ if logging.getLogger("highdicom").level == logging.NOTSET:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ORIENTATION = re.compile(r"[LRAPHF]{1,3}")  # one Patient Orientation value: anatomical directions (PS3.3 C.7.6.1.1.1)
 _MAX_COMPONENT = 64
 # attributes highdicom copies from the source image that DICOM allows to be empty (Type 2) but pydicom cannot
 # copy when they are absent, as in anonymised exports
@@ -150,6 +154,93 @@ def write_overlay_png(path: str, image: np.ndarray, mask: np.ndarray) -> str:
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=3))
 
 
+def _valid_value(vr: str, value) -> bool:
+    """Whether one value of an element can be copied into a new DICOM object and read back (highdicom converts dates,
+    times and numbers; pydicom refuses non-finite decimal strings on writing)."""
+    if vr in ("DS", "IS"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        return (
+            math.isfinite(number)
+            and len(str(value)) <= (16 if vr == "DS" else 12)
+            and (vr == "DS" or number == int(number))
+        )
+    if vr in ("DA", "DT", "TM"):
+        try:
+            return not str(value) or getattr(pydicom.valuerep, vr)(str(value)) is not None
+        except (TypeError, ValueError):
+            return False
+    if isinstance(value, (str, pydicom.valuerep.PersonName)):
+        text = str(value)
+        # control characters are invalid in every string VR but ESC (character sets); texts may also break lines
+        allowed = "\x1b\r\n\t\f" if vr in ("LT", "ST", "UT") else "\x1b"
+        if any(ord(c) < 32 and c not in allowed for c in text):
+            return False
+        try:
+            pydicom.valuerep.validate_value(vr, text, pydicom.config.RAISE)
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _valid_copy(ds, skip: tuple[str, ...] = ()):
+    """A copy of ``ds`` with only the elements whose values are valid for their VR (sequences cleaned recursively):
+    a source header from an archive may hold text where a number belongs, impossible dates or broken UIDs, which
+    highdicom would copy into the SEG and fail on."""
+    from pydicom.dataset import Dataset
+
+    clean = Dataset()
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            if element.keyword in skip or tag.group == 0x7FE0:
+                continue
+            if element.VR == "SQ":
+                element = copy.copy(element)
+                element.value = [_valid_copy(item) for item in element.value]
+            else:
+                values = element.value if element.VM > 1 else [element.value]
+                if not all(v is None or v == "" or _valid_value(element.VR, v) for v in values):
+                    continue
+        except Exception:  # a value pydicom cannot even convert is left out too
+            continue
+        clean.add(element)
+    return clean
+
+
+_REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# spacing is given to the SEG explicitly (validated, corrected for magnification): highdicom must not copy the source's
+_SPACING = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def seg_source(source):
+    """The source image's header as a DICOM SEG may reference it: only valid elements (:func:`_valid_copy`), no
+    spacing, the Type 2 patient and study attributes present (empty when absent, as in anonymised exports). A SOP
+    Class or Instance UID that is corrupt in the dataset is taken from the file meta header, which names the same
+    object.
+
+    Raises:
+        ValueError: a UID the SEG must reference is missing or not a valid UID.
+    """
+    clean = _valid_copy(source, skip=_SPACING)
+    meta = _valid_copy(getattr(source, "file_meta", None) or pydicom.Dataset())
+    for keyword, fallback in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
+        if not clean.get(keyword) and meta.get(fallback):  # the file meta header names the same object
+            setattr(clean, keyword, meta.get(fallback))
+    missing = [k for k in _REFERENCE_UIDS if not clean.get(k)]
+    if missing:
+        raise ValueError(f"the source DICOM has no valid {', '.join(missing)}, so a SEG cannot reference it")
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in clean:
+            setattr(clean, keyword, None)
+    return clean
+
+
 def write_dicom_seg(
     path: str,
     source,
@@ -184,15 +275,7 @@ def write_dicom_seg(
     from pydicom.sr.coding import Code
     from pydicom.uid import generate_uid
 
-    missing = [
-        k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not source.get(k)
-    ]
-    if missing:
-        raise ValueError(f"the source DICOM lacks {', '.join(missing)}, so a SEG cannot reference it")
-    source = copy.copy(source)  # shallow: only top-level attributes are added
-    for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in source:
-            setattr(source, keyword, None)
+    source = seg_source(source)
     mask = np.asarray(mask)
     if label_sides:
         names, pixels = ("right", "left"), np.where(np.isin(mask, (1, 2)), mask, 0).astype(np.uint8)
@@ -216,24 +299,36 @@ def write_dicom_seg(
     measures = (
         hd.PixelMeasuresSequence(pixel_spacing=list(pixel_spacing), slice_thickness=1.0) if pixel_spacing else None
     )
-    seg = hd.seg.Segmentation(
-        source_images=[source],
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(entropy_srcs=[str(source.SeriesInstanceUID), "lung-seg", uid_seed]),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(entropy_srcs=[str(source.SOPInstanceUID), "lung-seg", uid_seed]),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer="MONAI bundle",
-        manufacturer_model_name=algorithm_name,
-        software_versions=software_version,
-        device_serial_number="none",
-        content_label="LUNGS",
-        content_description="Lung fields, automatic (research use only)",
-        series_description="Lung segmentation (research use only)",
-        pixel_measures=measures,
-        omit_empty_frames=False,
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[source],
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=generate_uid(entropy_srcs=[str(source.SeriesInstanceUID), "lung-seg", uid_seed]),
+            series_number=series_number,
+            sop_instance_uid=generate_uid(entropy_srcs=[str(source.SOPInstanceUID), "lung-seg", uid_seed]),
+            instance_number=max(1, int(source.get("InstanceNumber") or 1)),  # a valid IS after seg_source
+            manufacturer="MONAI bundle",
+            manufacturer_model_name=algorithm_name,
+            software_versions=software_version,
+            device_serial_number="none",
+            content_label="LUNGS",
+            content_description="Lung fields, automatic (research use only)",
+            series_description="Lung segmentation (research use only)",
+            pixel_measures=measures,
+            omit_empty_frames=False,
+        )
+    except KeyError as exc:  # highdicom looks the source's IOD up by its SOP class
+        raise ValueError(
+            f"the source's SOP Class UID {source.SOPClassUID} is not a standard storage class, so a SEG cannot "
+            "reference it"
+        ) from exc
+    # General Image module: Patient Orientation is Type 2C (required without plane orientation, as here): the
+    # source's rows and columns directions, empty when it has none
+    orientation = [str(v) for v in pydicom.multival.MultiValue(str, source.get("PatientOrientation") or [])]
+    seg.PatientOrientation = (
+        orientation if len(orientation) == 2 and all(map(_ORIENTATION.fullmatch, orientation)) else ""
     )
     atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
     return path, str(seg.SOPInstanceUID)
