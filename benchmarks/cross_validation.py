@@ -104,7 +104,7 @@ def main() -> None:
     overrides = [o for o in args.overrides if o != "--"]
 
     sys.path.insert(0, str(BUNDLE))
-    from scripts.datalist import find_pairs
+    from scripts.data.datalist import find_pairs
 
     cases = find_pairs(args.data)["pairs"]
     workdir = args.workdir or tempfile.mkdtemp(prefix="cxr-cv-")
@@ -137,7 +137,7 @@ def main() -> None:
             [
                 "run",
                 "--config_file",
-                "configs/evaluate.json",
+                "['configs/inference.json','configs/evaluate.json']",
                 "--dataset_dir",
                 datalist,
                 "--split",

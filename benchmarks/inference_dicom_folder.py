@@ -45,7 +45,7 @@ def write_dicoms(folder: str, count: int, syntax: str, rows: int = 2500, columns
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-    from scripts.synthetic import synthetic_case
+    from scripts.data.synthetic import synthetic_case
 
     os.makedirs(folder, exist_ok=True)
     images = []

@@ -39,7 +39,7 @@ def original_loop_images_per_s(batch: int, size: int, device: str, seconds: floa
 
 
 def bundle_trainer_images_per_s(epochs: int, cases: int, overrides: dict) -> tuple[float, str]:
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     os.chdir(BUNDLE)
     with tempfile.TemporaryDirectory() as tmp:

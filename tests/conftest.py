@@ -1,4 +1,5 @@
-"""Shared test fixtures: the bundle folder on sys.path, real-data location, and a runner for `monai.bundle`."""
+"""Shared test fixtures and helpers: the bundle folder on sys.path, the real-data location, the one runner of
+commands (:func:`run`, :func:`run_bundle`), the Dice of two masks, and the models the slow tests share."""
 
 from __future__ import annotations
 
@@ -36,23 +37,59 @@ def real_sample() -> Path:
     return REAL_SAMPLE
 
 
-def run_bundle(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle <args>`` in the bundle folder as a user would; fail with its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+def run(
+    command: list[str],
+    expect: int | None = 0,
+    cwd: Path = BUNDLE,
+    timeout: int = 900,
+    env: dict | None = None,
+    max_file_size: int | None = None,
+) -> subprocess.CompletedProcess:
+    """The tests' one way to run a command as a user would: in ``cwd`` (the bundle folder), output captured, and its
+    exit status checked against ``expect`` (``None``: any), failing with the tail of its output.
+
+    Args:
+        command: the command line.
+        expect: the exit status it must end with.
+        cwd: where it runs.
+        timeout: seconds before it is killed (the test fails).
+        env: variables added to this process's environment.
+        max_file_size: a limit on the size of any file it writes (``ulimit -f``, in bytes): writing more fails as a
+            full disk does.
+    """
+
+    def limit_file_size() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
+
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args],
-        cwd=BUNDLE,
+        command,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        preexec_fn=limit_file_size if max_file_size else None,
     )
-    if proc.returncode != 0:
+    if expect is not None and proc.returncode != expect:
         raise AssertionError(
-            f"monai.bundle {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
+            f"{' '.join(command)} exited with {proc.returncode}, not {expect}:\n{proc.stdout[-6000:]}\n"
             f"{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def run_bundle(*args: str, expect: int | None = 0, **options) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>`` in the bundle folder, through :func:`run`."""
+    return run([sys.executable, "-m", "monai.bundle", *args], expect=expect, **options)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks (non-zero is foreground); 1 for two empty masks."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
 
 
 def read_masks(output_dir: Path) -> dict[str, np.ndarray]:
@@ -65,7 +102,7 @@ def train_tiny_model(
 ) -> dict:
     """Train the real FCN through ``monai.bundle run training`` on ``data`` (default: a small synthetic set); return
     paths and log."""
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     data = data or generate_synthetic_dataset(str(workdir / "data"), num_cases=num_cases, seed=100)
     proc = run_bundle(
@@ -115,3 +152,19 @@ def real_trained_model(tmp_path_factory) -> dict:
     datalist = workdir / "datalist.json"
     datalist.write_text(json.dumps({"training": cases[:13], "validation": cases[13:]}))
     return train_tiny_model(workdir, epochs=20, data=str(datalist))
+
+
+@pytest.fixture(scope="session")
+def model_args(trained_model) -> list[str]:
+    """Command-line arguments that run batch inference or evaluation with the shared synthetic-data model, quickly:
+    its weights (whose ``model.json`` gives the input size it was trained at), no worker processes, small overlays."""
+    return [
+        "--ckpt_path",
+        str(trained_model["models"] / "model.pt"),
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "4",
+        "--overlay_size",
+        "256",
+    ]

@@ -34,7 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from scripts.synthetic import synthetic_case
+from scripts.data.synthetic import synthetic_case
 
 HUGE_SIDE = 60000
 

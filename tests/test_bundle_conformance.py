@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from conftest import BUNDLE, SCHEMA, run_bundle
 
 
@@ -14,45 +13,25 @@ def test_metadata_verifies_against_monai_schema():
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("config", ["train.json", "inference.json", "evaluate.json"])
+@pytest.mark.parametrize(
+    "config", ["configs/train.json", "configs/inference.json", "['configs/inference.json','configs/evaluate.json']"]
+)
 def test_network_input_output_shapes_verify(config):
     proc = run_bundle(
-        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", f"configs/{config}"
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", config
     )
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
-def test_input_size_agrees_between_training_inference_and_metadata():
-    """A model trained at one size and run at another segments worse, silently: every config must say the same size."""
-    names = ("train.json", "inference.json", "evaluate.json")
-    configs = {name: json.loads((BUNDLE / "configs" / name).read_text()) for name in names}
-    sizes = {name: config["image_size"] for name, config in configs.items()}
-    formats = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]
-    sizes["metadata.json inputs"] = formats["inputs"]["image"]["spatial_shape"]
-    sizes["metadata.json outputs"] = formats["outputs"]["pred"]["spatial_shape"]
-    assert len({tuple(size) for size in sizes.values()}) == 1, sizes
-
-
-def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
-    from scripts.network import VGG16FCN
-
-    torch.manual_seed(0)
-    net = VGG16FCN().eval()
-    torch.save(net.state_dict(), tmp_path / "model.pt")
-    run_bundle(
-        "ckpt_export",
-        "network_def",
-        "--filepath",
-        str(tmp_path / "model.ts"),
-        "--ckpt_file",
-        str(tmp_path / "model.pt"),
-        "--meta_file",
-        "configs/metadata.json",
-        "--config_file",
-        "configs/train.json",
-    )
-    scripted = torch.jit.load(tmp_path / "model.ts")
-    x = torch.rand(1, 1, 120, 90)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x))
-    assert (BUNDLE / "configs" / "metadata.json").is_file()
+def test_the_model_settings_are_written_once():
+    """A model run at another size than it was trained at segments worse, silently: the input size, the padding crop
+    and the number of classes are written in train.json only (the recipe), and inference and evaluation read them from
+    the model (see test_training); the metadata describes the same model."""
+    configs = {p.name: json.loads(p.read_text()) for p in (BUNDLE / "configs").glob("*.json")}
+    for key in ("image_size", "crop_padding", "num_classes"):
+        literal = [name for name, config in configs.items() if not str(config.get(key, "$")).startswith("$")]
+        assert literal == ["train.json"] or sorted(literal) == ["recipe_tutorial.json", "train.json"], (key, literal)
+    formats = configs["metadata.json"]["network_data_format"]
+    for shape in (formats["inputs"]["image"]["spatial_shape"], formats["outputs"]["pred"]["spatial_shape"]):
+        assert shape == configs["train.json"]["image_size"]
+    assert formats["outputs"]["pred"]["num_channels"] == configs["train.json"]["num_classes"]

@@ -7,27 +7,22 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, run
 
 
 def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_path):
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=6, seed=7)
     workdir = tmp_path / "cv"
-    proc = subprocess.run(
+    proc = run(
         [sys.executable, "benchmarks/cross_validation.py", "--data", data, "--folds", "2", "--workdir", str(workdir),
          "--", "--max_epochs", "1", "--image_size", "[64,64]", "--crop_padding", "false",
          "--num_workers", "0"],  # fmt: skip
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     folds = [json.loads((workdir / f"fold{f}" / "datalist.json").read_text()) for f in range(2)]
     held_out = [[c["image"] for c in fold["test"]] for fold in folds]

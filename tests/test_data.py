@@ -1,6 +1,7 @@
 """Loading radiographs and masks, and building datalists from the layouts users have."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +9,10 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
-from scripts.datalist import find_pairs, prepare_datalist, split_cases
-from scripts.synthetic import generate_synthetic_dataset, synthetic_case
-from scripts.transforms import ResizeToMatchd, grey_png_reader
+from scripts.data.datalist import find_pairs, prepare_datalist, split_cases
+from scripts.data.synthetic import generate_synthetic_dataset, synthetic_case
+from scripts.io.reader import grey_png_reader
+from scripts.transforms.image import ResizeToMatchd
 
 
 def load(path):
@@ -142,7 +144,9 @@ def test_synthetic_default_is_deterministic_and_plausible(tmp_path):
     assert image_a[mask_a > 0].mean() < image_a[mask_a == 0].mean()  # lungs are dark
     datalist = prepare_datalist("", synthetic_dir=str(tmp_path / "synth"))
     assert len(datalist["training"]) + len(datalist["validation"]) + len(datalist["test"]) == 40
-    generate_synthetic_dataset(str(tmp_path / "synth"))  # second call reuses the files
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "synth").rglob("*") if p.is_file()}
+    generate_synthetic_dataset(str(tmp_path / "synth"))  # a second call reuses the files: none is written again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "synth").rglob("*") if p.is_file()} == written
 
 
 def test_real_shenzhen_mask_lands_on_the_image_grid(real_sample):
@@ -162,3 +166,53 @@ def test_real_shenzhen_mask_lands_on_the_image_grid(real_sample):
     assert 0.15 < lung.float().mean() < 0.45
     # lungs are darker than the rest of the radiograph
     assert data["image"][0][lung].mean() < data["image"][0][~lung].mean()
+
+
+# ---- the data set classes training chooses between (scripts/data/datasets.py) ----
+
+
+def _pngs(tmp_path: Path, n: int = 3) -> list[dict]:
+    from scripts.data.synthetic import generate_synthetic_dataset
+
+    data = Path(generate_synthetic_dataset(str(tmp_path / "data"), num_cases=n))
+    return [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").glob("*.png"))]
+
+
+def _preprocessing(size: int):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
+
+    return Compose([
+        LoadImaged(keys=["image", "label"], image_only=True),
+        EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
+        Resized(keys=["image", "label"], spatial_size=(size, size)),
+    ])  # fmt: skip
+
+
+def test_dataset_types(tmp_path):
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+
+    from scripts.data.datasets import make_dataset
+
+    items = _pngs(tmp_path, 4)
+    cached = make_dataset(items, _preprocessing(32), "cache", cache_rate=0.5, num_workers=1)
+    assert isinstance(cached, CacheDataset) and cached.cache_num == 2 and cached[3]["image"].shape == (1, 32, 32)
+    plain = make_dataset(items, _preprocessing(32), "plain")
+    assert type(plain) is Dataset and plain[0]["image"].shape == (1, 32, 32)
+    persistent = make_dataset(items, _preprocessing(32), "persistent", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(persistent, PersistentDataset) and persistent[0]["image"].shape == (1, 32, 32)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    with pytest.raises(ValueError, match="cache_dir"):
+        make_dataset(items, _preprocessing(32), "persistent")
+    with pytest.raises(ValueError, match="unknown dataset_type 'lmdb'"):
+        make_dataset(items, _preprocessing(32), "lmdb")
+
+
+def test_persistent_cache_is_not_reused_after_the_transforms_change(tmp_path):
+    from scripts.data.datasets import make_dataset
+
+    items, cache = _pngs(tmp_path, 1), str(tmp_path / "cache")
+    assert make_dataset(items, _preprocessing(32), "persistent", cache_dir=cache)[0]["image"].shape == (1, 32, 32)
+    # same files, same cache folder, another image_size: new cache entries, never the stale 32x32 ones
+    assert make_dataset(items, _preprocessing(48), "persistent", cache_dir=cache)[0]["image"].shape == (1, 48, 48)
+    assert len(list(Path(cache).glob("*.pt"))) == 2

@@ -13,9 +13,10 @@ from monai.data import PILReader, list_data_collate
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Resized, ScaleIntensity
 from PIL import Image
 
-from scripts.dicom import RadiographDicomReader, pixel_spacing
-from scripts.radiograph_reader import RadiographReader, sniff_format
-from scripts.synthetic import synthetic_case
+from scripts.data.synthetic import synthetic_case
+from scripts.io.dicom import RadiographDicomReader, pixel_spacing
+from scripts.io.files import sniff_format
+from scripts.io.reader import RadiographReader
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +180,8 @@ def test_errors_name_the_file_and_the_problem(tmp_path, phantom):
     cases = {
         truncated: "pixel data",
         empty: "empty file",
-        frames: "multi-frame image (3 frames)",
-        report: "no pixel data",
+        frames: "multi-frame image (3 frames",
+        report: "structured report or key-object selection",
     }
     for path, problem in cases.items():
         with pytest.raises(ValueError, match=re.escape(problem)) as error:
@@ -198,7 +199,7 @@ def test_formats_are_recognised_by_content(tmp_path, phantom):
     assert RadiographDicomReader().verify_suffix(str(dicom)) and not RadiographDicomReader().verify_suffix(str(png))
     assert [sniff_format(p) for p in (dicom, png, jpeg_named_png)] == ["dicom", "png", "jpeg"]
     assert np.abs(load(jpeg_named_png, RadiographReader()) - phantom.T).mean() < 3
-    with pytest.raises(ValueError, match="notes.dcm: not a readable DICOM file"):
+    with pytest.raises(ValueError, match="notes.dcm: not a DICOM file"):
         RadiographReader().get_data(RadiographReader().read(str(tmp_path / "notes.dcm")))
 
 

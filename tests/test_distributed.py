@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUNDLE, run_bundle
+from conftest import BUNDLE, run, run_bundle
 from PIL import Image
 
 MULTI_GPU_CONFIGS = "['configs/train.json','configs/multi_gpu_train.json']"
@@ -32,11 +30,8 @@ def run_torchrun(workdir: Path, data: str, *extra: str, epochs: int = EPOCHS, ti
         "--num_workers", "0",
         *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env=env)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log[-8000:]}"
-    return log
+    proc = run(cmd, timeout=timeout, env={"OMP_NUM_THREADS": "1"})
+    return proc.stdout + proc.stderr
 
 
 def validation_dice(model_file: Path, data: str, workdir: Path) -> float:
@@ -66,7 +61,7 @@ def validation_dice(model_file: Path, data: str, workdir: Path) -> float:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> dict:
     """One real 2-process training run; the tests below check what it did."""
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     tmp_path = tmp_path_factory.mktemp("ddp")
     # 20 cases -> 14 training (7 per rank, no padding duplicates), 4 validation (2 per rank), 2 test
@@ -161,15 +156,20 @@ def test_multi_gpu_evaluate_matches_single_process(ddp_run, tmp_path):
         "monai.bundle",
         "run",
         "--config_file",
-        "['configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        "['configs/inference.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
         "--output_dir",
         str(tmp_path / "ddp"),
         *args,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
-    run_bundle("run", "--config_file", "configs/evaluate.json", "--output_dir", str(tmp_path / "single"), *args)
+    run(cmd, timeout=300, env={"OMP_NUM_THREADS": "1"})
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+        "--output_dir",
+        str(tmp_path / "single"),
+        *args,
+    )
 
     def read_csv(path: Path) -> list[list[str]]:
         return [line.split(",") for line in path.read_text().splitlines()]
@@ -189,7 +189,7 @@ def test_multi_gpu_evaluate_matches_single_process(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_fewer_validation_cases_than_ranks(tmp_path):
     """1 validation case on 2 ranks (a small MONAI Label set): both ranks validate it instead of one having none."""
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=6, seed=100)  # 4 training, 1 validation
     log = run_torchrun(tmp_path, data, epochs=1)
@@ -202,7 +202,7 @@ def _broadcast_worker(rank: int, world_size: int, store: str, results: str) -> N
     import torch.distributed as dist
     from ignite.engine import Engine
 
-    from scripts.distributed import BroadcastBuffers
+    from scripts.training.distributed import BroadcastBuffers
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
@@ -227,59 +227,9 @@ def test_broadcast_buffers_gives_every_rank_rank0_statistics(tmp_path):
 
 
 def test_launching_without_torchrun_is_a_clear_error(monkeypatch):
-    from scripts.distributed import init_distributed
+    from scripts.training.distributed import init_distributed
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):
         init_distributed()
-
-
-# ---- the data set classes training chooses between (scripts/datasets.py), used by the run above ----
-
-
-def _pngs(tmp_path: Path, n: int = 3) -> list[dict]:
-    from scripts.synthetic import generate_synthetic_dataset
-
-    data = Path(generate_synthetic_dataset(str(tmp_path / "data"), num_cases=n))
-    return [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").glob("*.png"))]
-
-
-def _preprocessing(size: int):
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
-
-    return Compose([
-        LoadImaged(keys=["image", "label"], image_only=True),
-        EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
-        Resized(keys=["image", "label"], spatial_size=(size, size)),
-    ])  # fmt: skip
-
-
-def test_dataset_types(tmp_path):
-    from monai.data import CacheDataset, Dataset, PersistentDataset
-
-    from scripts.datasets import make_dataset
-
-    items = _pngs(tmp_path, 4)
-    cached = make_dataset(items, _preprocessing(32), "cache", cache_rate=0.5, num_workers=1)
-    assert isinstance(cached, CacheDataset) and cached.cache_num == 2 and cached[3]["image"].shape == (1, 32, 32)
-    plain = make_dataset(items, _preprocessing(32), "plain")
-    assert type(plain) is Dataset and plain[0]["image"].shape == (1, 32, 32)
-    persistent = make_dataset(items, _preprocessing(32), "persistent", cache_dir=str(tmp_path / "cache"))
-    assert isinstance(persistent, PersistentDataset) and persistent[0]["image"].shape == (1, 32, 32)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
-
-    with pytest.raises(ValueError, match="cache_dir"):
-        make_dataset(items, _preprocessing(32), "persistent")
-    with pytest.raises(ValueError, match="unknown dataset_type 'lmdb'"):
-        make_dataset(items, _preprocessing(32), "lmdb")
-
-
-def test_persistent_cache_is_not_reused_after_the_transforms_change(tmp_path):
-    from scripts.datasets import make_dataset
-
-    items, cache = _pngs(tmp_path, 1), str(tmp_path / "cache")
-    assert make_dataset(items, _preprocessing(32), "persistent", cache_dir=cache)[0]["image"].shape == (1, 32, 32)
-    # same files, same cache folder, another image_size: new cache entries, never the stale 32x32 ones
-    assert make_dataset(items, _preprocessing(48), "persistent", cache_dir=cache)[0]["image"].shape == (1, 48, 48)
-    assert len(list(Path(cache).glob("*.pt"))) == 2

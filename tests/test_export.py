@@ -22,7 +22,7 @@ def png_batch(files: list[Path], size: int) -> torch.Tensor:
     """Images from PNG files, grey, scaled to [0, 1] and resized like the bundle does."""
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensity
 
-    from scripts.transforms import grey_png_reader
+    from scripts.io.reader import grey_png_reader
 
     load = Compose(
         [

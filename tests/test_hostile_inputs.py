@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,15 +22,15 @@ from pathlib import Path
 import hostile_files as hostile
 import numpy as np
 import pytest
-from conftest import BUNDLE
+from conftest import BUNDLE, run, run_bundle
 from hostile_strategies import hostile_files, materialise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scripts.discovery import classify_file
-from scripts.fault_tolerance import ERROR_KEY, STATUS_KEY, GuardedDataset
-from scripts.report import EXIT_INPUTS_FAILED, EXIT_OK
+from scripts.batch.fault_tolerance import ERROR_KEY, STATUS_KEY, GuardedDataset
+from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK
+from scripts.io.discovery import classify_file
 
 pytestmark = pytest.mark.slow
 
@@ -213,15 +212,11 @@ def test_the_issue_folder_goes_through_from_the_command_line(model, good_run, tm
     src, out = tmp_path / "in", tmp_path / "out"
     write_issue_folder(src)
     before = snapshot(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--dataset_dir", str(src), "--output_dir", str(out), "--ckpt_path", str(model)]
-        + [f"--{k}" if i == 0 else str(v) for k, v in RUN_OPTIONS.items() for i in (0, 1)],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_bundle(
+        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(src), "--output_dir", str(out),
+        "--ckpt_path", str(model), *(f"--{k}" if i == 0 else str(v) for k, v in RUN_OPTIONS.items() for i in (0, 1)),
+        expect=EXIT_INPUTS_FAILED,
+    )  # fmt: skip
     rows = check_accounted_for(src, out, proc.returncode)
     assert proc.returncode == EXIT_INPUTS_FAILED, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -255,7 +250,7 @@ def test_the_issue_folder_goes_through_from_the_command_line(model, good_run, tm
     assert "window nan/nan ignored" in rows["tags/window_nan.dcm"]["pixel_processing"]
 
 
-def peak_rss_mb(*args: str) -> tuple[float, subprocess.CompletedProcess]:
+def peak_rss_mb(*args: str) -> tuple[float, object]:
     """Run ``monai.bundle`` with ``args`` in a child process; return the peak resident memory of its process tree
     (the largest of the main process and its DataLoader workers) in MiB, and the process."""
     wrapper = (
@@ -264,9 +259,7 @@ def peak_rss_mb(*args: str) -> tuple[float, subprocess.CompletedProcess]:
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
         "sys.exit(proc.returncode)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", wrapper, *args], cwd=BUNDLE, capture_output=True, text=True, timeout=900
-    )
+    proc = run([sys.executable, "-c", wrapper, *args], expect=None)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("PEAK_RSS_KB"))
     return int(line.split()[1]) / 1024, proc
 
@@ -305,20 +298,8 @@ def test_max_image_pixels_sets_the_largest_image_read(model, good_run, tmp_path)
     assert all("above the limit of 0.0 megapixels" in r["reason"] for r in rows.values()), rows
 
 
-def run_cli(*args: str, limit_file_size: int | None = None) -> subprocess.CompletedProcess:
-    def limit() -> None:  # as `ulimit -f`: a write past the size fails as a full disk does
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
-
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *args],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=limit if limit_file_size else None,
-    )
+def run_cli(*args: str, max_file_size: int | None = None):
+    return run_bundle("run", "--config_file", "configs/inference.json", *args, expect=None, max_file_size=max_file_size)
 
 
 def test_faults_of_the_run_stop_it_with_a_message_and_nothing_half_written(model, good_run, tmp_path):
@@ -359,7 +340,7 @@ def test_faults_of_the_run_stop_it_with_a_message_and_nothing_half_written(model
         str(model),
         "--num_workers",
         "0",
-        limit_file_size=20_000,
+        max_file_size=20_000,
     )
     assert proc.returncode == 1 and "Run stopped: cannot write in" in proc.stderr and "File too large" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

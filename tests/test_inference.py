@@ -17,44 +17,18 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE
+from conftest import BUNDLE, dice, run_bundle
 from PIL import Image
 
-from scripts.report import EXIT_INPUTS_FAILED, EXIT_OK
-from scripts.synthetic import synthetic_case
+from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK
+from scripts.data.synthetic import synthetic_case
 
 pytestmark = pytest.mark.slow
 
 
-def run_inference(*args: str, expect: int) -> subprocess.CompletedProcess:
-    """Run inference.json as a user would and check its exit status."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *args],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == expect, (
-        f"exit {proc.returncode}, expected {expect}:\n{proc.stdout[-5000:]}\n" f"{proc.stderr[-5000:]}"
-    )
-    return proc
-
-
-def model_args(trained_model: dict) -> list[str]:
-    return [
-        "--ckpt_path",
-        str(trained_model["models"] / "model.pt"),
-        "--image_size",
-        "[96,96]",
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "4",
-        "--overlay_size",
-        "256",
-    ]
+def run_inference(*args: str, expect: int):
+    """inference.json as a user runs it, its exit status checked."""
+    return run_bundle("run", "--config_file", "configs/inference.json", *args, expect=expect)
 
 
 def read_report(out: Path) -> dict[str, dict]:
@@ -63,11 +37,6 @@ def read_report(out: Path) -> dict[str, dict]:
     by_input = {r["input"]: r for r in rows}
     assert len(by_input) == len(rows), "an input appears twice in the report"
     return by_input
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def mask_of(out: Path, row: dict) -> np.ndarray:
@@ -84,7 +53,7 @@ def phantom(orientation: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def mixed_folder(trained_model, tmp_path_factory) -> dict:
+def mixed_folder(model_args, tmp_path_factory) -> dict:
     """A PACS-like export: DICOMs in every encoding and layout, PNG/JPEG/NIfTI, non-images and broken files; the
     whole folder is segmented once (NIfTI output on)."""
     root = tmp_path_factory.mktemp("mixed")
@@ -154,7 +123,7 @@ def mixed_folder(trained_model, tmp_path_factory) -> dict:
         str(out),
         "--write_nifti",
         "true",
-        *model_args(trained_model),
+        *model_args,
         expect=EXIT_INPUTS_FAILED,
     )
     return {
@@ -312,7 +281,7 @@ def finished_records(out: Path) -> list[Path]:
     return [p for p in (out / "records").glob("*.json") if not p.name.startswith(".")]
 
 
-def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tmp_path):
+def test_interrupted_run_resumes_without_losing_or_duplicating(model_args, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     for seed in range(10):
         image = synthetic_case(seed)[0]
@@ -332,7 +301,7 @@ def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tm
         str(src),
         "--output_dir",
         str(out),
-        *model_args(trained_model),
+        *model_args,
         "--batch_size",
         "1",
     ]
@@ -347,21 +316,21 @@ def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tm
         3 <= len(finished_records(out)) < 10 and not (out / "report.csv").exists()
     ), "the run was not interrupted half-way"
 
-    run_inference("--dataset_dir", str(src), "--output_dir", str(out), *model_args(trained_model), expect=EXIT_OK)
+    run_inference("--dataset_dir", str(src), "--output_dir", str(out), *model_args, expect=EXIT_OK)
     report = read_report(out)
     assert len(report) == 10 and all(r["status"] == "ok" for r in report.values())
     reused = {r["mask_png"] for r in report.values() if r["reused"] == "yes"}
     assert len(reused) >= 3 and reused <= set(done)
     assert all((out / name).stat().st_mtime_ns == done[name] for name in reused)  # not segmented again
     assert len(list(out.glob("*_mask.png"))) == 10 and len(list(out.glob("*_seg.dcm"))) == 5
-    assert not [p for p in out.rglob(".tmp-*")]
+    assert not list(out.rglob(".tmp-*"))
 
     run_inference(
         "--dataset_dir",
         str(src),
         "--output_dir",
         str(out),
-        *model_args(trained_model),
+        *model_args,
         "--overwrite",
         "true",
         expect=EXIT_OK,
@@ -370,7 +339,7 @@ def test_interrupted_run_resumes_without_losing_or_duplicating(trained_model, tm
     assert len(report) == 10 and not [r for r in report.values() if r["reused"] == "yes"]
 
 
-def test_datalist_with_right_and_left_lung_labels(trained_model, tmp_path):
+def test_datalist_with_right_and_left_lung_labels(model_args, tmp_path):
     image, truth = phantom("landscape")
     Image.fromarray(image).save(tmp_path / "a.png")
     make.save(make.radiograph(image, patient_orientation=("R", "F")), tmp_path / "sub" / "flipped.dcm")
@@ -385,7 +354,7 @@ def test_datalist_with_right_and_left_lung_labels(trained_model, tmp_path):
         "true",
         "--write_nifti",
         "true",
-        *model_args(trained_model),
+        *model_args,
         expect=EXIT_OK,
     )
     report = read_report(out)

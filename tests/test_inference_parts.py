@@ -10,25 +10,21 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import CropForegroundd, FillHolesd
+from monai.transforms import Compose, CropForegroundd, FillHolesd, LoadImaged
 from PIL import Image
 
-from scripts.discovery import discover_inputs
-from scripts.fault_tolerance import ERROR_KEY, FAILED_KEY, STATUS_KEY, GuardedDataset, collate_skipping_failures
-from scripts.postprocess import (
-    DropSmallComponentsd,
-    FillEnclosedHolesd,
-    LabelLungSidesd,
-    patient_right_on_image_left,
-    split_lung_sides,
-)
-from scripts.report import measure_lungs
-from scripts.synthetic import synthetic_case
-from scripts.transforms import padding_crop_selector
-from scripts.writers import atomic_write, inside, output_stem, write_dicom_seg
+from scripts.batch.fault_tolerance import ERROR_KEY, FAILED_KEY, STATUS_KEY, GuardedDataset, collate_skipping_failures
+from scripts.batch.writers import inside, output_stem, write_dicom_seg
+from scripts.data.synthetic import synthetic_case
+from scripts.io.discovery import discover_inputs
+from scripts.io.files import atomic_write
+from scripts.io.reader import RadiographReader
+from scripts.lungs import measure_lungs, patient_right_on_image_left, split_lung_sides
+from scripts.transforms.image import padding_crop_selector
+from scripts.transforms.postprocess import DropSmallComponentsd, FillEnclosedHolesd, LabelLungSidesd
 
 
-def test_discovery_classifies_every_file_with_a_reason(tmp_path):
+def test_every_file_is_classified_with_a_reason(tmp_path):
     image = synthetic_case(0)[0]
     make.save(make.radiograph(image), tmp_path / "a" / "IM0001")
     make.save(make.radiograph(image, modality="CT", sop_class=make.CT_IMAGE), tmp_path / "a" / "ct.dcm")
@@ -48,8 +44,9 @@ def test_discovery_classifies_every_file_with_a_reason(tmp_path):
     (tmp_path / "out" / "x.png").write_bytes(b"x")  # the output folder is excluded
 
     found = {e["input"]: e for e in discover_inputs(str(tmp_path), exclude=[str(tmp_path / "out")])}
+    # (status, reason): at discovery for what a name and the first bytes tell; else when the reader opens the file
     expected = {
-        "a/IM0001": ("pending", ""),
+        "a/IM0001": ("ok", ""),
         "a/ct.dcm": ("skipped", "modality CT is not a projection radiograph"),
         "a/frames.dcm": ("skipped", "multi-frame image (2 frames"),
         "b/sr.dcm": ("skipped", "structured report"),
@@ -57,14 +54,21 @@ def test_discovery_classifies_every_file_with_a_reason(tmp_path):
         "b/pr.dcm": ("skipped", "presentation state"),
         "b/pdf.dcm": ("skipped", "encapsulated document (Encapsulated PDF Storage)"),
         "media/DICOMDIR": ("skipped", "DICOMDIR"),
-        "media/PT000000/ST000000/SE000000/IM000000": ("pending", ""),
-        "c.png": ("pending", ""),
+        "media/PT000000/ST000000/SE000000/IM000000": ("ok", ""),
+        "c.png": ("ok", ""),
         "empty.dcm": ("failed", "empty file (0 bytes)"),
         "junk.bin": ("failed", "unrecognised file"),
-        "fake.dcm": ("failed", "not a DICOM file"),
+        "fake.dcm": ("failed", "reading the header: not a DICOM file"),
         "notes.txt": ("skipped", "not an image (.txt file)"),
     }
     assert set(found) == set(expected)
+    pending = [e for e in found.values() if e["status"] == "pending"]
+    discovered_only = {"media/DICOMDIR", "empty.dcm", "junk.bin", "notes.txt"}  # told by name or first bytes
+    assert {e["input"] for e in pending} == set(expected) - discovered_only
+    reader = Compose([LoadImaged("image", reader=RadiographReader(), image_only=True)])
+    for entry in pending:
+        item = GuardedDataset([{"image": entry["path"]}], reader)[0]
+        entry["status"], entry["reason"] = item.get(STATUS_KEY, "ok"), item.get(ERROR_KEY, "")
     for name, (status, reason) in expected.items():
         assert found[name]["status"] == status and reason in found[name]["reason"], (name, found[name])
     assert len({e["key"] for e in found.values()}) == len(found)
@@ -210,7 +214,7 @@ def test_measure_lungs_areas_and_flags():
 def test_failed_items_travel_as_markers(tmp_path):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-    from scripts.radiograph_reader import RadiographReader
+    from scripts.io.reader import RadiographReader
 
     Image.fromarray(synthetic_case(0)[0]).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -283,8 +287,8 @@ def test_a_network_failure_loses_only_its_own_item(tmp_path):
     from monai.data import DataLoader
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRanged
 
-    from scripts.fault_tolerance import FaultTolerantEvaluator
-    from scripts.radiograph_reader import RadiographReader
+    from scripts.batch.fault_tolerance import FaultTolerantEvaluator
+    from scripts.io.reader import RadiographReader
 
     image = synthetic_case(4)[0]
     Image.fromarray(image).save(tmp_path / "dark.png")

@@ -3,9 +3,10 @@
 client would: ``/info``, ``/infer`` on PNG, JPEG and single-frame DICOM studies, label upload, ``/train``, and
 ``/infer`` again with the new weights.
 
-The app's copy of the bundle is the repository's ``bundle/`` with the weights of the session's tiny trained model and
-``image_size`` set to the 96x96 that model was trained at (the knob a user turns for fast CPU training); nothing else
-is changed. The tests skip when the MONAI Label environment is absent.
+The app's copy of the bundle is the repository's ``bundle/`` with the weights of the session's tiny trained model
+(and their ``model.json``: the model's 96x96 input size travels with them) and the training recipe's ``image_size``
+set to 96x96 (the knob a user turns for fast CPU training); nothing else is changed. The tests skip when the MONAI
+Label environment is absent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE, REPO, run_bundle
+from conftest import BUNDLE, REPO, dice, run_bundle
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -189,7 +190,7 @@ def _stop_server(server: Server) -> None:
 
 
 def _synthetic(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from scripts.synthetic import synthetic_case
+    from scripts.data.synthetic import synthetic_case
 
     while True:  # non-square, so that a transposed mask cannot pass for a correct one
         image, mask = synthetic_case(seed)
@@ -245,19 +246,20 @@ def studies(tmp_path_factory) -> dict:
 
 
 def _bundle_copy(destination: Path, weights: Path | None) -> Path:
-    """Copy ``bundle/`` as a user would, with ``image_size`` set to the 96x96 of the tiny model and its weights."""
+    """Copy ``bundle/`` as a user would, with the tiny model's weights and their settings (``model.json``), and the
+    recipe (``train.json``, the one place it is written) set to the tiny model's 96x96 for the training MONAI Label
+    starts."""
     shutil.copytree(
         BUNDLE, destination, ignore=shutil.ignore_patterns("eval", "data", "cache", "outputs", "models", "__pycache__")
     )
     (destination / "models").mkdir()
     if weights is not None:
         shutil.copy(weights, destination / "models" / "model.pt")
-    for config in ("train.json", "inference.json"):
-        path = destination / "configs" / config
-        content = json.loads(path.read_text())
-        assert "image_size" in content, f"{config} has no top-level image_size"
-        content["image_size"] = IMAGE_SIZE
-        path.write_text(json.dumps(content, indent=4))
+        shutil.copy(weights.with_suffix(".json"), destination / "models" / "model.json")
+    path = destination / "configs" / "train.json"
+    content = json.loads(path.read_text())
+    content["image_size"] = IMAGE_SIZE
+    path.write_text(json.dumps(content, indent=4))
     return destination
 
 
@@ -281,11 +283,6 @@ def _sha256(path: Path) -> str:
 
 def _mask(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +376,7 @@ def test_infer_returns_the_inference_json_mask_at_the_input_size(server, studies
     np.testing.assert_array_equal(mask > 0, reference[kind] > 0, err_msg=f"{kind}: MONAI Label vs inference.json")
     # and the lungs where they are: a transposed or flipped mask would not overlap like this
     truth = _mask(studies["truth"] / f"{studies['ids'][kind]}.png")
-    assert _dice(mask, truth) > 0.8, _dice(mask, truth)
+    assert dice(mask, truth) > 0.8, dice(mask, truth)
 
 
 @needs_monailabel
@@ -435,7 +432,7 @@ def test_a_bundle_without_weights_trains_from_scratch(server, studies, tmp_path)
 def test_training_without_validation_data_still_saves_the_model(tmp_path):
     """``train.json`` in the bundle's own environment with an empty validation list, as MONAI Label's ``val_split`` 0
     gives: ``model.pt`` is written although no validation metric is ever computed."""
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     data = Path(generate_synthetic_dataset(str(tmp_path / "data"), num_cases=4, seed=7))
     items = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").glob("*.png"))]

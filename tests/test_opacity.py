@@ -6,8 +6,8 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 from PIL import Image
 
-from scripts.opacity import RandLungOpacityd
-from scripts.transforms import grey_png_reader
+from scripts.io.reader import grey_png_reader
+from scripts.transforms.opacity import RandLungOpacityd
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -58,8 +59,8 @@ def val_dice(log: str) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path):
+    from scripts.data.synthetic import generate_synthetic_dataset
     from scripts.network import VGG16FCN
-    from scripts.synthetic import generate_synthetic_dataset
 
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=20, seed=100)
     models = tmp_path / "models"
@@ -73,7 +74,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     first = first_log.read_text()
     assert not (models / "checkpoint_epoch=2.pt").exists(), "the kill did not land in the middle of epoch 2"
     assert (models / "checkpoint_epoch=1.pt").is_file()
-    assert not list(models.glob(".*partial*")), "a checkpoint write was left behind"
+    assert not list(models.glob(".tmp-*")), "a checkpoint write was left behind"
 
     # what the kill left is complete: the best model and the resume checkpoint both load
     net = VGG16FCN(out_channels=2, in_channels=1)
@@ -121,7 +122,7 @@ def _score_engine(scores: list[float]) -> Engine:
 
 
 def _best_model_saver(ckpt_dir: Path, net: torch.nn.Module):
-    from scripts.atomic_checkpoint import AtomicCheckpointSaver
+    from scripts.training.checkpoints import AtomicCheckpointSaver
 
     return AtomicCheckpointSaver(
         save_dir=str(ckpt_dir), save_dict={"model": net}, save_key_metric=True, key_metric_filename="model.pt"
@@ -163,13 +164,13 @@ class _FailsToPickle(torch.nn.Module):
 
 
 def test_failed_save_keeps_previous_files(tmp_path):
-    from scripts.atomic_checkpoint import AtomicDiskSaver
+    from scripts.training.checkpoints import AtomicDiskSaver
 
     saver = AtomicDiskSaver(str(tmp_path))
     saver({"model": {"weight": torch.ones(3)}}, "checkpoint_epoch=1.pt")
     # ignite asks to remove the file being replaced BEFORE it saves the new one; the removal must wait for success
     saver.remove("checkpoint_epoch=1.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         saver({"model": _FailsToPickle().state_dict()}, "checkpoint_epoch=2.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
     assert torch.equal(
@@ -183,15 +184,15 @@ def test_failed_save_keeps_previous_files(tmp_path):
     fixed = AtomicDiskSaver(str(tmp_path), filename="model.pt")
     fixed({"weight": torch.ones(2)}, "model_key_metric=0.5.pt")
     fixed.remove("model_key_metric=0.5.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         fixed(_FailsToPickle().state_dict(), "model_key_metric=0.6.pt")
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.ones(2))
 
 
 def test_partial_files_from_a_killed_save_are_cleaned(tmp_path):
-    from scripts.atomic_checkpoint import AtomicDiskSaver
+    from scripts.training.checkpoints import AtomicDiskSaver
 
-    (tmp_path / ".model.pt.partial-12345").write_bytes(b"torn")
+    (tmp_path / ".tmp-x1y2z3.pt").write_bytes(b"torn")  # the temporary name atomic_write gives a file being written
     (tmp_path / "model.pt").write_bytes(b"kept")
     AtomicDiskSaver(str(tmp_path), filename="model.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

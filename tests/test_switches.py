@@ -1,13 +1,11 @@
 """Every on/off option of every config reads as users type it: ``true/false/yes/no/on/off/1/0`` in any case, from the
 command line (where ``monai.bundle`` passes ``--write_seg false`` as the string ``"false"``) and from JSON, through the
-one reader ``scripts.flags.is_on``."""
+one reader ``scripts.settings.is_on``."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import fire
@@ -15,19 +13,19 @@ import nibabel
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE
+from conftest import BUNDLE, run_bundle
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from scripts.flags import OFF_WORDS, ON_WORDS, is_on
-from scripts.synthetic import synthetic_case
-from scripts.transforms import above_minimum
+from scripts.data.synthetic import synthetic_case
+from scripts.settings import OFF_WORDS, ON_WORDS, is_on
+from scripts.transforms.image import above_minimum
 
 CONFIG_SETS = {
     "inference": ["inference.json"],
     "exported": ["inference.json", "inference_exported.json"],
-    "evaluate": ["evaluate.json"],
-    "multi_gpu_evaluate": ["evaluate.json", "multi_gpu_evaluate.json"],
+    "evaluate": ["inference.json", "evaluate.json"],
+    "multi_gpu_evaluate": ["inference.json", "evaluate.json", "multi_gpu_evaluate.json"],
     "train": ["train.json"],
     "multi_gpu_train": ["train.json", "multi_gpu_train.json"],
     "tutorial": ["train.json", "recipe_tutorial.json"],
@@ -44,10 +42,18 @@ def merged(names: list[str]) -> ConfigParser:
     return parser
 
 
+def all_switches() -> set[str]:
+    """The on/off options of the bundle: top-level keys with a true/false default in any config, and ``amp`` (on
+    where CUDA is). A switch may be a model setting elsewhere (``crop_padding``: inference reads the model's own)."""
+    found = {"amp"}
+    for path in (BUNDLE / "configs").glob("*.json"):
+        found |= {k for k, v in json.loads(path.read_text()).items() if isinstance(v, bool)}
+    return found
+
+
 def switches(parser: ConfigParser) -> list[str]:
-    """The config's on/off options: top-level keys with a true/false default, and ``amp`` (on where CUDA is)."""
-    config = parser.get()
-    return sorted(k for k, v in config.items() if isinstance(v, bool) or k == "amp")
+    """The on/off options this config set has."""
+    return sorted(all_switches() & set(parser.get()))
 
 
 def strings(value):
@@ -71,7 +77,7 @@ def test_every_switch_of_every_config_goes_through_the_one_reader(name):
         assert uses or (name, key) in UNUSED, f"{name}: switch {key} is never used"
         for text in uses:
             for match in re.finditer(rf"@{key}(?![\w#])", text):
-                assert text[: match.start()].endswith("scripts.flags.is_on("), f"{name}: {key} read raw in {text!r}"
+                assert text[: match.start()].endswith("scripts.settings.is_on("), f"{name}: {key} read raw in {text!r}"
 
 
 def test_is_on_reads_every_word_in_any_case_and_refuses_the_rest():
@@ -99,6 +105,11 @@ def inputs(tmp_path_factory) -> Path:
     return folder
 
 
+def flat(compose) -> list:
+    """The transforms of a ``Compose``, nested ``Compose`` objects opened."""
+    return [y for x in compose.transforms for y in (flat(x) if hasattr(x, "transforms") else [x])]
+
+
 def parsed(names: list[str], overrides: dict, target: str):
     parser = merged(names)
     for key, value in overrides.items():
@@ -116,7 +127,7 @@ INFERENCE_EFFECTS = [
     (
         "write_overlay",
         "dataset#transform",
-        lambda t: any("overlay_image" in str(getattr(x, "keys", "")) for x in t.transforms),
+        lambda t: "overlay_image" in repr([getattr(x, "keys", None) for x in flat(t)]),
     ),
     ("label_sides", "handlers#0#label_sides", None),
     ("label_sides", "postprocessing", lambda t: type(t.transforms[-1]).__name__ == "LabelLungSidesd"),
@@ -145,7 +156,7 @@ def test_inference_switches_follow_the_lowercase_word(config, option, target, ef
 
 @pytest.fixture(scope="module")
 def training_data(tmp_path_factory) -> str:
-    from scripts.synthetic import generate_synthetic_dataset
+    from scripts.data.synthetic import generate_synthetic_dataset
 
     return generate_synthetic_dataset(str(tmp_path_factory.mktemp("switch_data")), num_cases=6, seed=1)
 
@@ -155,10 +166,10 @@ TRAINING_EFFECTS = [
     ("train", "amp", "validate#evaluator#amp", None),
     ("train", "channels_last", "fast_network", lambda network: network.channels_last),
     ("train", "crop_padding", "train#deterministic_transforms#5#select_fn", lambda select: select is above_minimum),
-    ("train", "resume", "resume_checkpoint", lambda path: path is not None),
+    ("train", "resume", "resume_training", lambda resume: resume.checkpoint is not None),
     ("evaluate", "amp", "evaluator#amp", None),
     ("evaluate", "channels_last", "fast_network", lambda network: network.channels_last),
-    ("evaluate", "crop_padding", "preprocessing#transforms#5#select_fn", lambda select: select is above_minimum),
+    ("evaluate", "crop_padding", "network_transforms#0#select_fn", lambda select: select is above_minimum),
 ]
 
 
@@ -175,7 +186,7 @@ def test_training_and_evaluation_switches_follow_the_lowercase_word(
         "output_dir": str(tmp_path / "eval"),
         "ckpt_dir": str(tmp_path / "models"),
         "num_workers": 0,
-        "dataset_type": "regular",
+        "dataset_type": "plain",
     }
     read = effect or bool
     for on, off in (("true", "false"), ("Yes", "NO"), ("on", "off"), ("1", "0")):
@@ -199,24 +210,16 @@ def test_cudnn_benchmark_follows_the_lowercase_word(training_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_write_seg_false_writes_no_seg(trained_model, tmp_path):
+def test_write_seg_false_writes_no_seg(model_args, tmp_path):
     """The issue's case, as a user types it on the command line: ``--write_seg false`` writes no SEG,
     ``--write_overlay no`` no overlay, ``--write_nifti on`` a NIfTI mask, ``--label_sides TRUE`` two lung labels."""
     import dicom_factory as make
 
     src = tmp_path / "in"
     make.save(make.radiograph(synthetic_case(5)[0]), src / "a.dcm")
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--dataset_dir", str(src), "--output_dir", str(tmp_path / "out")]
-        + ["--ckpt_path", str(trained_model["models"] / "model.pt"), "--image_size", "[96,96]", "--num_workers", "0"]
-        + ["--write_seg", "false", "--write_overlay", "no", "--write_nifti", "on", "--label_sides", "TRUE"],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    inference = ["run", "--config_file", "configs/inference.json", "--dataset_dir", str(src), *model_args]
+    switches = ["--write_seg", "false", "--write_overlay", "no", "--write_nifti", "on", "--label_sides", "TRUE"]
+    run_bundle(*inference, "--output_dir", str(tmp_path / "out"), *switches)
     written = sorted(p.name.split("_", 2)[-1] for p in (tmp_path / "out").glob("a_*"))
     assert written == ["mask.nii.gz", "mask.png"]
     row = json.loads((tmp_path / "out" / "report.json").read_text())["rows"][0]
@@ -224,13 +227,5 @@ def test_write_seg_false_writes_no_seg(trained_model, tmp_path):
     labels = {int(v) for v in np.unique(nibabel.load(tmp_path / "out" / row["mask_nifti"]).get_fdata())}
     assert labels <= {0, 1, 2} and 2 in labels  # sides labelled: right 1, left 2
     # a typo is an error that names the accepted words, not a silent "off"
-    typo = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--dataset_dir", str(src), "--output_dir", str(tmp_path / "out2"), "--write_seg", "flase"]
-        + ["--ckpt_path", str(trained_model["models"] / "model.pt"), "--image_size", "[96,96]", "--num_workers", "0"],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert typo.returncode != 0 and "'flase' is not an on/off value" in typo.stdout + typo.stderr
+    typo = run_bundle(*inference, "--output_dir", str(tmp_path / "out2"), "--write_seg", "flase", expect=1)
+    assert "'flase' is not an on/off value" in typo.stdout + typo.stderr

@@ -1,10 +1,11 @@
 """Real `monai.bundle run training` runs: weights written, Dice well above chance, resume from the last checkpoint."""
 
+import json
 import re
 
 import pytest
 import torch
-from conftest import train_tiny_model
+from conftest import BUNDLE, train_tiny_model
 
 from scripts.network import VGG16FCN
 
@@ -23,8 +24,21 @@ def test_training_writes_a_plain_state_dict_and_learns(trained_model):
     VGG16FCN().load_state_dict(state)  # plain state dict of the bundle's network, strict
     # an all-lung or all-background guess scores < 0.3 on these images; a learned model scores far above
     assert best_val_dice(trained_model["log"]) > 0.8
-    assert "SYNTHETIC" in trained_model["log"] or (trained_model["data"] / "synthetic.json").is_file()
     assert list(trained_model["models"].glob("checkpoint_epoch=*.pt"))
+
+
+@pytest.mark.slow
+def test_the_model_settings_travel_with_the_weights(trained_model):
+    """Training writes the settings the model was trained with beside its weights; inference reads them from there,
+    so the model runs at its own size without being told (``trained_model`` was trained at 96 x 96, the recipe's
+    default is 128 x 128)."""
+    from scripts.settings import trained_settings
+
+    written = json.loads((trained_model["models"] / "model.json").read_text())
+    assert written == {"image_size": [96, 96], "crop_padding": True, "num_classes": 2}
+    assert trained_settings(str(trained_model["models"] / "model.pt")) == written
+    recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert recipe["image_size"] != written["image_size"]  # the check above is not the default by chance
 
 
 @pytest.mark.slow
@@ -40,13 +54,13 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
     )
     log = second["log"]
     assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log, log[-3000:]
-    from scripts.checkpoints import latest_checkpoint
+    from scripts.training.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(str(first["models"])).endswith("checkpoint_epoch=2.pt")
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
-    from scripts.checkpoints import latest_checkpoint
+    from scripts.training.checkpoints import latest_checkpoint
 
     with pytest.raises(FileNotFoundError, match="train without --resume first"):
         latest_checkpoint(str(tmp_path))

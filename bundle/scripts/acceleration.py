@@ -1,20 +1,31 @@
-"""Run the network in the fastest numerically safe form for the device it is on.
+"""Run fast and lean: the network in the fastest numerically safe form for its device, and memory that stays flat
+over thousands of large images.
 
 On CPUs with native bf16 (AVX512-BF16 / AMX, e.g. Xeon Sapphire Rapids and newer) convolutions run 3-5x faster in bf16
 with channels-last tensors than in plain fp32; on CUDA, channels-last plus fp16/bf16 autocast uses tensor cores.
 :class:`FastNetwork` wraps the bundle's network with that policy, so configs keep one plain ``network`` (its state dict
 is what checkpoints hold) and hand the wrapper to the MONAI engines. Outputs are returned as fp32, so losses, softmax
 and metrics are computed at full precision.
+
+:func:`return_large_buffers_to_os`: glibc's ``malloc`` serves a buffer from ``mmap`` (and gives it back to the system
+on ``free``) only when it is larger than its mmap threshold, and it raises that threshold to the size of every such
+buffer freed, up to 32 MiB. After the first few radiographs, the 10-40 MiB arrays of a 2000x2500 image (decoded
+pixels, float copies, resized tensors) come from the heap instead, where freed blocks fragment and resident memory
+creeps up with the number of files (measured: DataLoader workers grew from 0.15 to 0.45 GiB of private memory over 120
+files). A fixed threshold stops both: large buffers always go back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import platform
 
 import torch
 from torch import nn
 
-__all__ = ["FastNetwork", "cpu_supports_bf16", "resolve_precision"]
+__all__ = ["FastNetwork", "cpu_supports_bf16", "resolve_precision", "return_large_buffers_to_os"]
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,3 +93,26 @@ class FastNetwork(nn.Module):
         with torch.autocast(self.device_type, dtype=_DTYPES[self.precision]):
             out = self.network(x)
         return out.float()
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter, <malloc.h>
+
+
+def return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc allocate buffers of ``threshold`` bytes and more with ``mmap`` (returned on free), in this process
+    and in the processes it forks later (DataLoader workers). A no-op, returning ``False``, where the C library is not
+    glibc.
+
+    Args:
+        threshold: size in bytes from which buffers are memory-mapped (default 1 MiB).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        done = False
+    if not done:
+        logger.debug("mallopt(M_MMAP_THRESHOLD) not available: memory may creep up over long runs")
+    return done

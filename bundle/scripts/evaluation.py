@@ -1,4 +1,5 @@
-"""What ``configs/evaluate.json`` needs besides MONAI: the list of cases to evaluate and a per-case metrics table.
+"""What ``configs/evaluate.json`` needs besides MONAI: a per-case metrics table (the cases to evaluate come from
+:func:`scripts.data.datalist.evaluation_cases`).
 
 Metrics are MONAI's (``MeanDice``, ``MeanIoUHandler``, ``HausdorffDistance`` at the 95th percentile,
 ``SurfaceDistance``), computed on each image's original grid (the prediction is inverted back with ``Invertd``; the
@@ -15,36 +16,9 @@ import os
 import torch
 from ignite.engine import Engine, Events
 
-from .datalist import find_pairs, prepare_datalist
-
-__all__ = ["evaluation_cases", "CaseMetricsTable"]
+__all__ = ["CaseMetricsTable"]
 
 logger = logging.getLogger(__name__)
-
-
-def evaluation_cases(dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split: str = "all") -> list:
-    """The ``{"image", "label"}`` cases to evaluate.
-
-    Args:
-        dataset_dir: a folder with images and masks (``images/`` + ``masks/``, or the Kaggle layout), a datalist JSON
-            file, or empty for the held-out test split of the synthetic default set.
-        synthetic_dir: where the synthetic default set is (generated when missing).
-        split: ``"all"`` for every labelled case of a folder (every list of a datalist file), or one of
-            ``"training"``, ``"validation"``, ``"test"`` (the same seeded split as training).
-    """
-    if not dataset_dir:
-        cases = prepare_datalist(None, synthetic_dir=synthetic_dir)["test"]
-    elif split == "all" and os.path.isdir(str(dataset_dir)):
-        cases = find_pairs(str(dataset_dir))["pairs"]
-    elif split == "all":
-        lists = prepare_datalist(dataset_dir)
-        cases = lists["training"] + lists["validation"] + lists["test"]
-    else:
-        cases = prepare_datalist(dataset_dir)[split]
-    if not cases:
-        raise ValueError(f"no labelled cases to evaluate in {dataset_dir or synthetic_dir} (split {split!r})")
-    logger.info("evaluating %d cases", len(cases))
-    return cases
 
 
 class CaseMetricsTable:

@@ -19,8 +19,8 @@ import os
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 from torchvision.models import VGG16_Weights, vgg16
 from torchvision.models._utils import IntermediateLayerGetter
 
@@ -110,7 +110,7 @@ class VGG16FCN(nn.Module):
         pad_w = (self.pad_multiple - width % self.pad_multiple) % self.pad_multiple
         # pad bottom/right only, so that cropping back is a plain slice; always called (a no-op for zero padding) so
         # that traced exports (ONNX) keep the padding for every input size
-        x = F.pad(x, [0, pad_w, 0, pad_h])
+        x = functional.pad(x, [0, pad_w, 0, pad_h])
         pools = self.backbone(x)
         y = self.stage1(pools["pool5"]) + pools["pool4"]
         y = self.stage2(y) + pools["pool3"]

@@ -8,7 +8,7 @@ Accepted inputs for ``dataset_dir``:
 * plain ``images/`` + ``masks/`` (or ``labels/``) folders with the same file names (``_mask`` suffix also accepted);
 * a datalist JSON file in MONAI's decathlon format (paths relative to the file); a ``validation`` list in it is kept,
   otherwise one is split off ``training``;
-* nothing (``""``/``None``): the synthetic default set is generated (see :mod:`scripts.synthetic`).
+* nothing (``""``/``None``): the synthetic default set is generated (see :mod:`scripts.data.synthetic`).
 
 Splits are seeded and stable: a case's split depends only on the seed and the sorted list of cases.
 """
@@ -22,22 +22,15 @@ import os
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from ..io.files import IMAGE_EXTENSIONS, image_stem
 from .synthetic import generate_synthetic_dataset
 
-__all__ = ["find_pairs", "split_cases", "prepare_datalist"]
+__all__ = ["find_pairs", "split_cases", "prepare_datalist", "evaluation_cases"]
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 _IMAGE_DIRS = ("CXR_png", "images", "image", "imgs")
 _MASK_DIRS = ("masks", "mask", "labels", "label")
 _MASK_SUFFIXES = ("_mask", "")
-
-
-def _stem(name: str) -> str:
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
 
 
 def _image_files(folder: str) -> list[str]:
@@ -72,11 +65,11 @@ def find_pairs(dataset_dir: str) -> dict[str, list]:
         with absolute paths, sorted by image name. ``unlabelled`` holds the Kaggle ``test/`` images.
     """
     image_dir, mask_dir = _find_layout_root(dataset_dir)
-    masks = {_stem(f): f for f in _image_files(mask_dir)}
+    masks = {image_stem(f): f for f in _image_files(mask_dir)}
     used_masks: set[str] = set()
     pairs, unpaired_images = [], []
     for name in _image_files(image_dir):
-        stem = _stem(name)
+        stem = image_stem(name)
         mask = next((masks[stem + s] for s in _MASK_SUFFIXES if stem + s in masks), None)
         if mask is None:
             unpaired_images.append(os.path.join(image_dir, name))
@@ -180,3 +173,28 @@ def prepare_datalist(
         with open(output_file, "w") as f:
             json.dump(datalist, f, indent=2)
     return datalist
+
+
+def evaluation_cases(dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split: str = "all") -> list:
+    """The ``{"image", "label"}`` cases to evaluate.
+
+    Args:
+        dataset_dir: a folder with images and masks (``images/`` + ``masks/``, or the Kaggle layout), a datalist JSON
+            file, or empty for the held-out test split of the synthetic default set.
+        synthetic_dir: where the synthetic default set is (generated when missing).
+        split: ``"all"`` for every labelled case of a folder (every list of a datalist file), or one of
+            ``"training"``, ``"validation"``, ``"test"`` (the same seeded split as training).
+    """
+    if not dataset_dir:
+        cases = prepare_datalist(None, synthetic_dir=synthetic_dir)["test"]
+    elif split == "all" and os.path.isdir(str(dataset_dir)):
+        cases = find_pairs(str(dataset_dir))["pairs"]
+    elif split == "all":
+        lists = prepare_datalist(dataset_dir)
+        cases = lists["training"] + lists["validation"] + lists["test"]
+    else:
+        cases = prepare_datalist(dataset_dir)[split]
+    if not cases:
+        raise ValueError(f"no labelled cases to evaluate in {dataset_dir or synthetic_dir} (split {split!r})")
+    logger.info("evaluating %d cases", len(cases))
+    return cases

@@ -1,9 +1,10 @@
 """The run report of batch inference: one row per discovered file, resume bookkeeping and the exit status.
 
-:class:`RunReport` is created from the config before the engine runs. It discovers the inputs
-(:mod:`scripts.discovery`), decides which of them still need segmenting, receives one row per processed input from
-:class:`scripts.case_writer.CaseWriter`, and at the end writes ``report.csv`` and ``report.json`` and returns the exit
-status.
+:func:`open_run` starts a run from the config before the engine runs: it prepares the output folder, discovers the
+inputs (:mod:`scripts.io.discovery`) and returns the :class:`RunReport`, which decides which of them still need
+segmenting, receives one row per processed input from :class:`scripts.batch.case_writer.CaseWriter`, and at the end
+writes ``report.csv`` and ``report.json`` and returns the exit status. :class:`FileProgressBar` shows the files done
+out of the files found.
 
 Resume: each finished input's row is also written, atomically, to ``records/<key>.json`` in the output folder, after
 its output files. A later run into the same folder reuses a row (and does not segment the input again) when its
@@ -15,7 +16,7 @@ report has exactly one row per discovered file.
 Exit status (see :data:`EXIT_OK`, :data:`EXIT_INPUTS_FAILED`): 0 when every discovered file is ``ok`` or ``skipped``,
 3 when at least one is ``failed`` (the report says which and why). A run that cannot start (no input folder, no
 weights, bad arguments) or that a fault of its own stops (an output folder that is not writable, a full disk: see
-:class:`scripts.fault_tolerance.RunFault`) ends with status 1 and a message; the rows recorded so far stay in
+:class:`scripts.batch.fault_tolerance.RunFault`) ends with status 1 and a message; the rows recorded so far stay in
 ``records/`` and a re-run continues from them.
 """
 
@@ -29,16 +30,17 @@ import json
 import logging
 import math
 import os
+import sys
 
-import numpy as np
+from ignite.engine import Engine, Events
+from tqdm import tqdm
 
-from .dicom import MAX_IMAGE_PIXELS
-from .discovery import RADIOGRAPH_MODALITIES, discover_inputs
+from ..io.discovery import discover_inputs
+from ..io.files import atomic_write, remove_temporary_files
 from .fault_tolerance import RunFault
-from .postprocess import lung_box, lung_components, split_labelled_lungs
-from .writers import atomic_write, output_stem
+from .writers import output_stem
 
-__all__ = ["RunReport", "measure_lungs", "file_signature", "COLUMNS", "EXIT_OK", "EXIT_INPUTS_FAILED"]
+__all__ = ["RunReport", "open_run", "FileProgressBar", "file_signature", "COLUMNS", "EXIT_OK", "EXIT_INPUTS_FAILED"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,68 +87,6 @@ def file_signature(path: str) -> str:
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def measure_lungs(
-    mask: np.ndarray,
-    pixel_spacing: tuple[float, float] | None = None,
-    right_on_image_left: bool = True,
-    lung_fraction_range: tuple[float, float] = (0.05, 0.6),
-    max_side_ratio: float = 2.5,
-) -> dict:
-    """Areas and quality flags of a 2D lung mask.
-
-    Args:
-        mask: ``(rows, columns)`` labels; non-zero is lung. Values 1/2 are taken as right/left lung when both occur,
-            else the sides are found with :func:`scripts.postprocess.split_lung_sides`.
-        pixel_spacing: ``(row, column)`` mm; areas in cm^2 are ``None`` when unknown.
-        right_on_image_left: patient's right on the image's left (only used when the sides must be found).
-        lung_fraction_range: lung pixels / image pixels outside this range are flagged.
-        max_side_ratio: a larger ratio between the two lungs' areas is flagged.
-
-    Returns:
-        ``lung_area_px``, ``right_lung_area_px``, ``left_lung_area_px``, their ``_cm2`` versions, ``lung_fraction``,
-        ``components`` and ``quality_flags`` (list of: ``empty_mask``, ``not_two_components``, ``lung_fraction_low``,
-        ``lung_fraction_high``, ``right_left_imbalance``).
-    """
-    mask = np.asarray(mask)
-    image_pixels = mask.size
-    box = lung_box(mask)  # the components, the sides and the areas are those of the lungs' bounding box
-    if box is not None:
-        mask = mask[box]
-    lung = mask > 0
-    labels, sizes = lung_components(lung)
-    components = int(np.count_nonzero(sizes))
-    if np.any(mask == 1) and np.any(mask == 2) and mask.max() == 2:
-        sides = mask
-    else:  # the split works on MONAI's (x, y): transpose there and back
-        sides = split_labelled_lungs(lung.T, labels.T, sizes, right_on_image_left).T
-    area = int(lung.sum())
-    right, left = int((sides == 1).sum()), int((sides == 2).sum())
-    fraction = area / image_pixels if image_pixels else 0.0
-    flags = []
-    if area == 0:
-        flags.append("empty_mask")
-    if components != 2:
-        flags.append("not_two_components")
-    if area and fraction < lung_fraction_range[0]:
-        flags.append("lung_fraction_low")
-    if fraction > lung_fraction_range[1]:
-        flags.append("lung_fraction_high")
-    if right and left and max(right, left) / min(right, left) > max_side_ratio:
-        flags.append("right_left_imbalance")
-    cm2 = pixel_spacing[0] * pixel_spacing[1] / 100.0 if pixel_spacing else None
-    return {
-        "lung_area_px": area,
-        "lung_area_cm2": round(area * cm2, 2) if cm2 else None,
-        "right_lung_area_px": right,
-        "left_lung_area_px": left,
-        "right_lung_area_cm2": round(right * cm2, 2) if cm2 else None,
-        "left_lung_area_cm2": round(left * cm2, 2) if cm2 else None,
-        "lung_fraction": round(fraction, 4),
-        "components": components,
-        "quality_flags": flags,
-    }
-
-
 def _csv_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -157,60 +97,66 @@ def _csv_value(value) -> str:
     return str(value)
 
 
-class RunReport:
-    """Discovery, resume decisions, per-input rows and the final report of one batch-inference run.
+def open_run(
+    dataset_dir: str,
+    output_dir: str,
+    overwrite: bool = False,
+    settings: dict | None = None,
+    datalist_key: str | None = None,
+) -> RunReport:
+    """Start a batch-inference run: prepare the output folder (created, writable, the temporary files a killed run
+    left removed), discover the inputs, and return the run's :class:`RunReport`.
 
     Args:
         dataset_dir: input folder (searched recursively) or datalist JSON file.
-        output_dir: output folder (created); also holds ``records/``, ``report.csv`` and ``report.json``.
+        output_dir: output folder; also holds ``records/``, ``report.csv`` and ``report.json``.
         overwrite: segment every input again, even those a previous run finished.
-        settings: everything that changes the outputs (weights signature, image size, post-processing and output
-            options); a previous row is reused only when its settings are equal.
-        modalities: DICOM Modality values that are segmented.
+        settings: everything that changes the outputs (see :class:`RunReport`).
         datalist_key: list to read from a datalist JSON file (default ``"testing"``, else ``"test"``).
-        max_pixels: the run's image size limit (discovery refuses deflated DICOM datasets that expand beyond it).
 
     Raises:
         RunFault: the output folder cannot be created or written.
+        ValueError: the output folder is the input folder.
+        FileNotFoundError: no input folder, or no file in it.
+    """
+    output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+    if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(output_dir):
+        raise ValueError(
+            f"output_dir is the input folder ({output_dir}): choose another --output_dir, or a sub-folder of the input "
+            "(it is then not searched for inputs)"
+        )
+    records = os.path.join(output_dir, "records")
+    try:
+        os.makedirs(records, exist_ok=True)
+        if not os.access(records, os.W_OK | os.X_OK):
+            raise PermissionError(f"no permission to write in {records}")
+    except OSError as exc:
+        raise RunFault(
+            f"the output folder {output_dir} cannot be written ({exc.strerror or exc}); choose another --output_dir"
+        ) from exc
+    remove_temporary_files(output_dir)
+    inputs = discover_inputs(dataset_dir, exclude=[output_dir], datalist_key=datalist_key)
+    return RunReport(inputs, output_dir, settings, overwrite)
+
+
+class RunReport:
+    """Resume decisions, per-input rows and the final report of one batch-inference run (made by :func:`open_run`).
+
+    Args:
+        inputs: the discovered inputs (:func:`scripts.io.discovery.discover_inputs`).
+        output_dir: the prepared output folder.
+        settings: everything that changes the outputs (weights signature, image size, post-processing and output
+            options); a previous row is reused only when its settings are equal.
+        overwrite: segment every input again, even those a previous run finished.
     """
 
-    def __init__(
-        self,
-        dataset_dir: str,
-        output_dir: str,
-        overwrite: bool = False,
-        settings: dict | None = None,
-        modalities=RADIOGRAPH_MODALITIES,
-        datalist_key: str | None = None,
-        max_pixels: int = MAX_IMAGE_PIXELS,
-    ) -> None:
-        self.output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
-        if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(self.output_dir):
-            raise ValueError(
-                f"output_dir is the input folder ({self.output_dir}): choose another --output_dir, or a "
-                "sub-folder of the input (it is then not searched for inputs)"
-            )
-        self.records_dir = os.path.join(self.output_dir, "records")
-        try:
-            os.makedirs(self.records_dir, exist_ok=True)
-            if not os.access(self.records_dir, os.W_OK | os.X_OK):
-                raise PermissionError(f"no permission to write in {self.records_dir}")
-        except OSError as exc:
-            raise RunFault(
-                f"the output folder {self.output_dir} cannot be written ({exc.strerror or exc}); choose another "
-                "--output_dir"
-            ) from exc
-        self._remove_stale_temporary_files()
+    def __init__(self, inputs: list[dict], output_dir: str, settings: dict | None = None, overwrite: bool = False):
+        self.output_dir = output_dir
+        self.records_dir = os.path.join(output_dir, "records")
         self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.settings = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
         self.settings_id = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.inputs = discover_inputs(
-            dataset_dir,
-            exclude=[self.output_dir],
-            modalities=modalities,
-            datalist_key=datalist_key,
-            max_pixels=max_pixels,
-        )
+        self.inputs = inputs
         self._entries = {e["key"]: e for e in self.inputs}
         self.rows: dict[str, dict] = {}
         self.pending: list[dict] = []
@@ -234,25 +180,14 @@ class RunReport:
                 }
             )
         self.done_before = len(self.inputs) - len(self.pending)
-        if self.done_before and not overwrite:
-            reused = sum(bool(r.get("reused")) for r in self.rows.values())
-            if reused:
-                logger.info(
-                    "%d inputs were finished by a previous run into %s and are not segmented again "
-                    "(--overwrite true to redo them)",
-                    reused,
-                    self.output_dir,
-                )
-
-    def _remove_stale_temporary_files(self) -> None:
-        """Delete ``.tmp-*`` files that a killed run left behind (one run per output folder at a time)."""
-        for folder, _, files in os.walk(self.output_dir):
-            for name in files:
-                if name.startswith(".tmp-"):
-                    try:
-                        os.remove(os.path.join(folder, name))
-                    except OSError:  # another process's, or already gone: not this run's concern
-                        pass
+        reused = sum(bool(r.get("reused")) for r in self.rows.values())
+        if reused:
+            logger.info(
+                "%d inputs were finished by a previous run into %s and are not segmented again "
+                "(--overwrite true to redo them)",
+                reused,
+                self.output_dir,
+            )
 
     def entry(self, key: str) -> dict:
         """The discovery entry of ``key``."""
@@ -261,7 +196,7 @@ class RunReport:
     def base_row(self, key: str, **values) -> dict:
         """A report row for input ``key`` with every column, filled with ``values``."""
         entry = self.entry(key)
-        row = {c: None for c in COLUMNS}
+        row = dict.fromkeys(COLUMNS)
         row.update(input=entry["input"], kind=entry["kind"], reused=False, quality_flags=[])
         row.update(values)
         return row
@@ -372,3 +307,44 @@ class RunReport:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", newline="") as f:
         f.write(text)
+
+
+class FileProgressBar:
+    """Ignite handler showing a tqdm bar of processed files out of all discovered files.
+
+    ignite's ``ProgressBar`` counts iterations (batches) of the inputs still to do; this counts files, starting at the
+    files already accounted for (skipped at discovery or finished by a previous run).
+
+    Args:
+        report: the run's :class:`RunReport` (files found, files already accounted for).
+        desc: the bar's label.
+    """
+
+    def __init__(self, report: RunReport, desc: str = "files") -> None:
+        self.total, self.initial, self.desc = len(report.inputs), report.done_before, desc
+        self.bar: tqdm | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _open(self, engine: Engine) -> None:
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.initial,
+            desc=self.desc,
+            unit="file",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+
+    def _update(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.update(len(engine.state.output))
+
+    def _close(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -3,8 +3,9 @@
 
 The configs compose these with MONAI's own pieces (``monai.data.DistributedSampler``, the engines, the metric
 handlers that all-gather across ranks); this module only adds what the configs cannot say in one expression:
-picking the backend and device, running one step on rank 0 before the others, deciding which handlers a rank
-attaches, and a debugging handler that records which files every rank's batches held.
+picking the backend and device, running one step on rank 0 before the others (:func:`on_rank_zero_first`), deciding
+which handlers a rank attaches and which ranks log, and a debugging handler that records which files every rank's
+batches held.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,14 +34,15 @@ __all__ = [
     "RANK_ZERO_ONLY_HANDLERS",
     "BroadcastBuffers",
     "RankSampleRecorder",
+    "attach_on_rank_zero",
     "default_backend",
     "destroy_distributed",
     "get_rank",
     "handlers_for_rank",
     "init_distributed",
     "local_device",
-    "release_other_ranks",
-    "wait_for_rank_zero",
+    "log_on_rank_zero",
+    "on_rank_zero_first",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,20 +121,31 @@ def get_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def wait_for_rank_zero() -> None:
-    """Ranks other than 0 block here until rank 0 calls :func:`release_other_ranks`.
+def on_rank_zero_first(function: Callable, *args, **kwargs):
+    """``function(*args, **kwargs)`` on rank 0 first, then on the other ranks, which wait for it at a barrier.
 
-    Used around steps that write shared files (generating the synthetic default set, writing the datalist), so that
-    the other ranks read finished files instead of racing rank 0.
+    For steps that write shared files (generating the synthetic default set, writing the datalist): the other ranks
+    then read finished files instead of racing rank 0. Outside a process group it simply calls ``function``.
     """
-    if get_rank() > 0:
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and dist.get_rank() > 0:
         dist.barrier()
+    result = function(*args, **kwargs)
+    if distributed and dist.get_rank() == 0:
+        dist.barrier()
+    return result
 
 
-def release_other_ranks() -> None:
-    """Rank 0's half of :func:`wait_for_rank_zero`: let the other ranks go on."""
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() == 0:
-        dist.barrier()
+def attach_on_rank_zero(handler, engine: Engine) -> None:
+    """Attach ``handler`` to ``engine`` on rank 0 only (a saver that the other ranks must not run)."""
+    if get_rank() == 0:
+        handler.attach(engine)
+
+
+def log_on_rank_zero(*engines: Engine) -> None:
+    """Let only rank 0's engines log at INFO: the other ranks report warnings and errors only."""
+    for engine in engines:
+        engine.logger.setLevel(logging.WARNING if get_rank() > 0 else logging.INFO)
 
 
 def handlers_for_rank(
@@ -196,7 +209,7 @@ class RankSampleRecorder:
 
     It checks every entry against the batch the engine really got (its size), so a loader that does not use the
     sampler shows up as an error. Use it to check that ranks see disjoint parts of the data, or to find which files
-    were in a batch that produced a NaN loss. Turn it on with ``--record_rank_samples True``.
+    were in a batch that produced a NaN loss. Turn it on with ``--record_rank_samples true``.
 
     Only samplers that give the same order when iterated twice are supported (``DistributedSampler``,
     ``SequentialSampler``); with ``RandomSampler`` (single process, ``shuffle=True``) a second iteration would draw
@@ -207,20 +220,23 @@ class RankSampleRecorder:
         item_key: key of the data items named in the record (the datalist's ``"image"`` path).
         batch_key: key of the batch tensor whose first dimension is the batch size (when the engine does not
             decollate the batch).
+        enabled: record (``--record_rank_samples true``) or attach nothing.
     """
 
-    def __init__(self, output_dir: str, item_key: str = "image", batch_key: str = "image") -> None:
+    def __init__(self, output_dir: str, item_key: str = "image", batch_key: str = "image", enabled: bool = True):
         self.output_dir = output_dir
         self.item_key = item_key
         self.batch_key = batch_key
         self._batches = None
-        self._enabled = True
+        self._enabled = bool(enabled)
 
     @property
     def filename(self) -> str:
         return os.path.join(self.output_dir, "rank_samples", f"rank{get_rank()}.jsonl")
 
     def attach(self, engine: Engine) -> None:
+        if not self._enabled:
+            return
         loader = engine.data_loader
         sampler = getattr(loader, "sampler", None)
         if not isinstance(sampler, (DistributedSampler, torch.utils.data.SequentialSampler)):

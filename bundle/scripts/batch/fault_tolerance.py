@@ -5,7 +5,7 @@ How an input that cannot be processed travels (a corrupt, truncated, undecodable
 
 1. :class:`GuardedDataset` catches the exception of the item's transforms (in the DataLoader worker) and returns the
    item's datalist entry with ``error`` set to the step and the cause (e.g. ``"reading the image: cannot decode pixel
-   data ..."``) and ``status`` ``failed`` (``skipped`` for :class:`~scripts.input_errors.NotARadiograph`).
+   data ..."``) and ``status`` ``failed`` (``skipped`` for :class:`~scripts.io.errors.NotARadiograph`).
 2. :func:`collate_skipping_failures` collates the good items as MONAI's ``list_data_collate`` does and puts the failed
    ones, uncollated, in the batch under ``failed``.
 3. :class:`FaultTolerantEvaluator` takes them out of the batch before the network step (a batch with no good item
@@ -31,7 +31,7 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents, engine_apply_transform
 from monai.utils import CommonKeys
 
-from .input_errors import NotARadiograph, describe_error, is_input_failure
+from ..io.errors import InputError, NotARadiograph, describe_error, is_input_failure
 
 __all__ = [
     "GuardedDataset",
@@ -120,20 +120,24 @@ class GuardedDataset(Dataset):
                 raise
             entry = dict(self.data[index])
             path = entry.get(CommonKeys.IMAGE)
-            if _caused_by(exc, NotARadiograph):  # nothing to segment: the reason says why, no step needed
+            cause = _cause(exc, InputError)
+            step = cause.step if cause is not None and cause.step is not None else _step_of(exc)
+            if isinstance(cause, NotARadiograph):  # nothing to segment: the reason says why, no step needed
                 entry[ERROR_KEY], entry[STATUS_KEY] = describe_error(exc, path), "skipped"
             else:
-                entry[ERROR_KEY], entry[STATUS_KEY] = f"{_step_of(exc)}: {describe_error(exc, path)}", "failed"
+                reason = describe_error(exc, path)
+                entry[ERROR_KEY], entry[STATUS_KEY] = f"{step}: {reason}" if step else reason, "failed"
             logger.warning("cannot load %s: %s", path if path is not None else index, entry[ERROR_KEY])
             return entry
 
 
-def _caused_by(exc: BaseException | None, kind: type) -> bool:
+def _cause(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s chain of causes (MONAI wraps a transform's error)."""
     while exc is not None:
         if isinstance(exc, kind):
-            return True
+            return exc
         exc = exc.__cause__
-    return False
+    return None
 
 
 def collate_skipping_failures(items: Sequence[dict]) -> dict:

@@ -1,8 +1,8 @@
 """The ignite handler that writes each input's outputs and report row as soon as its batch is done.
 
-Attached to the inference engine (:class:`scripts.fault_tolerance.FaultTolerantEvaluator`) at
+Attached to the inference engine (:class:`scripts.batch.fault_tolerance.FaultTolerantEvaluator`) at
 ``ITERATION_COMPLETED``; for every item it writes, in the output folder, under the item's safe name
-(:func:`scripts.writers.output_stem`):
+(:func:`scripts.batch.writers.output_stem`):
 
 * ``<name>_mask.png``: the lung mask at the input's Rows x Columns, 0/255 (every input);
 * ``<name>_mask.nii.gz``: the label mask (0/1, or 0/1/2 with sides) with the input's affine (``write_nifti``);
@@ -10,11 +10,11 @@ Attached to the inference engine (:class:`scripts.fault_tolerance.FaultTolerantE
 * ``<name>_overlay.png``: the image, at most ``overlay_size`` pixels on its long side, with the lung contour
   (``write_overlay``);
 
-and then records the row (areas, quality flags, output paths) with :meth:`scripts.report.RunReport.record`.
+and then records the row (areas, quality flags, output paths) with :meth:`scripts.batch.report.RunReport.record`.
 
 Any failure while writing one item makes that item's row ``failed`` with the step that failed (``"writing the DICOM
 SEG: ..."``), removes the files already written for it, and the run goes on. Only a fault of the run itself (a full
-disk, a read-only or unwritable output folder, see :func:`scripts.fault_tolerance.run_fault`) stops the run.
+disk, a read-only or unwritable output folder, see :func:`scripts.batch.fault_tolerance.run_fault`) stops the run.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from contextlib import contextmanager
 import numpy as np
 from ignite.engine import Engine, Events
 
-from .dicom import read_dicom, safe_get
+from ..io.dicom import header_from_json, safe_get
+from ..io.errors import describe_error, is_input_failure
+from ..lungs import measure_lungs, patient_right_on_image_left
 from .fault_tolerance import ERROR_KEY, STATUS_KEY, RunFault, run_fault
-from .input_errors import describe_error, is_input_failure
-from .postprocess import patient_right_on_image_left
-from .report import RunReport, measure_lungs
+from .report import RunReport
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay_png
 
 __all__ = ["CaseWriter"]
@@ -47,7 +47,7 @@ class CaseWriter:
     """Write every finished item's outputs and report row (see the module docstring).
 
     Args:
-        report: the run's :class:`~scripts.report.RunReport` (output folder, rows, records).
+        report: the run's :class:`~scripts.batch.report.RunReport` (output folder, rows, records).
         write_png: write the mask PNG.
         write_nifti: write the mask NIfTI.
         write_seg: write a DICOM SEG for DICOM inputs.
@@ -178,10 +178,8 @@ class CaseWriter:
             mask = mask_xy.T  # (rows, columns), as DICOM and PIL store images
             spacing = tuple(float(v) for v in np.asarray(meta["pixel_spacing"]).ravel())
             spacing = spacing if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing) else None
-        header = {}
-        if entry["kind"] == "dicom":
-            with self._step("reading the DICOM header"):
-                header = read_dicom(entry["path"], stop_before_pixels=True, defer_size=1 << 20)
+        with self._step("reading the DICOM header"):  # as the reader passed it on: the file is not read again
+            header = header_from_json(str(meta.get("dicom_header", "")))
         with self._step("measuring the lungs"):
             standard = patient_right_on_image_left(str(meta.get("patient_orientation", "")))
             measures = measure_lungs(mask, spacing, standard, self.lung_fraction_range, self.max_side_ratio)

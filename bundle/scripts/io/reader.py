@@ -10,14 +10,16 @@ collate ``None`` values).
 
 All formats come out as MONAI ``(x, y)`` = ``(columns, rows)`` grey arrays:
 
-* DICOM: :class:`scripts.dicom.RadiographDicomReader` (display values, MONOCHROME1 inverted, spacing);
-* PNG/JPEG/BMP/TIFF: MONAI's ``PILReader`` with :func:`scripts.transforms.to_grey` (as in training);
+* DICOM: :class:`scripts.io.dicom.RadiographDicomReader` (display values, MONOCHROME1 inverted, spacing; the
+  object checked to be a single-frame radiograph of an accepted modality, its header passed along as
+  ``dicom_header``);
+* PNG/JPEG/BMP/TIFF: MONAI's ``PILReader`` with :func:`to_grey` (as in training);
 * NIfTI: MONAI's ``NibabelReader``; a trailing singleton third axis (``(x, y, 1)``) is dropped. The array is used as
   stored, so it must follow the same convention (x along a row, rows from the top), as MONAI and nibabel write it.
 
 Bounded resources: every format's size is read from its header first (PIL's image plugins, nibabel's header, the
-DICOM header and codestream, see :func:`scripts.dicom.check_pixel_geometry`) and an image above ``max_pixels`` fails
-with :class:`~scripts.input_errors.ImageTooLarge` before it is decoded, so a file's memory never depends on what its
+DICOM header and codestream, see :func:`scripts.io.dicom.check_pixel_geometry`) and an image above ``max_pixels`` fails
+with :class:`~scripts.io.errors.ImageTooLarge` before it is decoded, so a file's memory never depends on what its
 header claims. Pixel values that are not finite (NaN, infinite: float NIfTI or DICOM, a NaN rescale) are set to the
 image's smallest finite value and counted in ``pixel_processing``; an image with no finite value at all fails.
 """
@@ -30,24 +32,18 @@ from contextlib import contextmanager
 
 import numpy as np
 from monai.config import PathLike
-from monai.data import ImageReader, NibabelReader
+from monai.data import ImageReader, NibabelReader, PILReader
 from monai.utils import MetaKeys, ensure_tuple
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from .dicom import MAX_IMAGE_PIXELS, RadiographDicomReader, check_image_size, is_dicom_file
-from .input_errors import InputError, first_line, is_input_failure
-from .transforms import grey_png_reader
+from .dicom import MAX_IMAGE_PIXELS, RADIOGRAPH_MODALITIES, RadiographDicomReader, check_image_size
+from .errors import InputError, NotARadiograph, first_line, is_input_failure
+from .files import PIL_FORMATS, sniff_format
 
-__all__ = ["RadiographReader", "sniff_format", "PIL_FORMATS", "META_DEFAULTS"]
+__all__ = ["RadiographReader", "META_DEFAULTS", "to_grey", "grey_png_reader"]
 
-PIL_FORMATS = ("png", "jpeg", "bmp", "tiff")
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
+# PIL modes that already hold one grey value per pixel and are kept as they are (8, 16 and 32 bit)
+_GREY_MODES = {"L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # PIL's image classes read only the header when constructed (``Image.open`` adds PIL's own size check, which would
 # hide the size behind its error for images above PIL's limit)
 _PIL_HEADERS = {
@@ -68,35 +64,31 @@ META_DEFAULTS = {
     "modality": "",
     "patient_orientation": "",
     "sop_instance_uid": "",
+    "dicom_header": "",
 }
 
 
-def sniff_format(path: PathLike) -> str | None:
-    """Return ``"dicom"``, ``"png"``, ``"jpeg"``, ``"bmp"``, ``"tiff"`` or ``"nifti"`` for ``path``, else ``None``.
+def to_grey(image: Image.Image) -> Image.Image:
+    """Return a single-channel grey image from any PIL image a radiograph PNG/JPEG may be stored as.
 
-    DICOM is recognised by content (``DICM`` at byte 128), whatever the file's name; images by their magic numbers;
-    NIfTI by its ``.nii``/``.nii.gz`` extension. A ``.dcm``/``.dicom`` file without the DICOM marker counts as DICOM
-    (datasets written without the Part 10 preamble). Unreadable or empty files give ``None``.
+    * palette (``P``/``PA``) images go through their palette: the Kaggle Shenzhen PNGs store grey levels as palette
+      indices, and reading the raw indices gives many images in reversed grey scale;
+    * RGB/RGBA/LA images (grey radiographs saved with R=G=B) become grey with ITU-R 601 luma, which returns the
+      common value exactly when the channels are equal;
+    * 1-bit images become 0/255; 8-bit, 16-bit and 32-bit grey images are returned unchanged (full bit depth kept).
+
+    Used as the ``converter`` of MONAI's ``PILReader``.
     """
-    path = os.fspath(path)
-    if is_dicom_file(path):
-        return "dicom"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
-    if not head:
-        return None
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    lower = path.lower()
-    if lower.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if lower.endswith((".dcm", ".dicom")):
-        return "dicom"
-    return None
+    if image.mode in _GREY_MODES:
+        return image
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    return image.convert("L")
+
+
+def grey_png_reader() -> PILReader:
+    """MONAI ``PILReader`` for PNG/JPEG/BMP radiographs and masks that always yields one grey channel."""
+    return PILReader(converter=to_grey)
 
 
 class _Unread:
@@ -112,18 +104,21 @@ class RadiographReader(ImageReader):
     ``read`` only identifies the files; decoding happens in ``get_data``, so that errors are raised there with a
     clear message instead of sending ``LoadImage`` through its fall-back readers. Meta keys: MONAI's
     ``spatial_shape``, ``original_channel_dim``, ``affine``, plus ``format``, ``pixel_spacing`` (``[row, column]``
-    mm, NaN when unknown), ``spacing_source``, ``pixel_processing``, ``modality``, ``patient_orientation`` and
-    ``sop_instance_uid`` (empty strings when a format has no such information).
+    mm, NaN when unknown), ``spacing_source``, ``pixel_processing``, ``modality``, ``patient_orientation``,
+    ``sop_instance_uid`` and ``dicom_header`` (the DICOM header as DICOM JSON, for the outputs that copy it; empty
+    strings when a format has no such information).
 
     Args:
         max_pixels: the largest image (rows x columns) decoded; a larger one fails with
-            :class:`~scripts.input_errors.ImageTooLarge` before it is decoded (see the module docstring).
+            :class:`~scripts.io.errors.ImageTooLarge` before it is decoded (see the module docstring).
+        modalities: DICOM Modality values that are segmented; another DICOM object is refused with
+            :class:`~scripts.io.errors.NotARadiograph` (its report row is ``skipped``).
     """
 
-    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS, modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> None:
         super().__init__()
         self.max_pixels = int(max_pixels)
-        self.dicom = RadiographDicomReader(max_pixels=self.max_pixels)
+        self.dicom = RadiographDicomReader(max_pixels=self.max_pixels, modalities=modalities)
         self.pil = grey_png_reader()
         self.nifti = NibabelReader()
         if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
@@ -196,9 +191,10 @@ class RadiographReader(ImageReader):
         except BaseException as exc:
             if not is_input_failure(exc):
                 raise
-            raise InputError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {first_line(exc)})") from exc
+            message = f"{path}: unreadable NIfTI header ({type(exc).__name__}: {first_line(exc)})"
+            raise InputError(message, step="") from exc
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 1):
-            raise InputError(f"{path}: a NIfTI of shape {shape} is not a 2D image")
+            raise NotARadiograph(f"{path}: {len(shape)}D NIfTI of shape {shape}, not a 2D radiograph")
         with _naming(path):
             check_image_size(shape[1], shape[0], self.max_pixels, "the NIfTI image")
         try:
@@ -243,4 +239,4 @@ def _naming(path: str) -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        raise type(exc)(f"{path}: {exc}") from exc
+        raise type(exc)(f"{path}: {exc}", step=exc.step) from exc

@@ -1,4 +1,4 @@
-"""Post-processing of lung masks that MONAI lacks, as MONAI map transforms, and the right/left lung split.
+"""Post-processing of lung masks that MONAI lacks, as MONAI map transforms (geometry: :mod:`scripts.lungs`).
 
 The bundle's post-processing chain (``configs/inference.json``) is MONAI's ``Activationsd`` (softmax), ``Invertd``
 (back to the input's grid), ``AsDiscreted`` (argmax), ``KeepLargestConnectedComponentd`` (two largest lung
@@ -26,23 +26,12 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from monai.transforms.utils import convert_applied_interp_mode, generate_spatial_bounding_box
+from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import convert_to_dst_type, convert_to_numpy
-from scipy import ndimage
-from skimage.measure import label
 
-__all__ = [
-    "InverseInterpolationd",
-    "DropSmallComponentsd",
-    "FillEnclosedHolesd",
-    "fill_enclosed_holes",
-    "LabelLungSidesd",
-    "split_lung_sides",
-    "split_labelled_lungs",
-    "lung_components",
-    "lung_box",
-    "patient_right_on_image_left",
-]
+from ..lungs import fill_enclosed_holes, lung_components, patient_right_on_image_left, split_lung_sides
+
+__all__ = ["InverseInterpolationd", "DropSmallComponentsd", "FillEnclosedHolesd", "LabelLungSidesd"]
 
 
 class InverseInterpolationd(MapTransform):
@@ -80,14 +69,6 @@ class InverseInterpolationd(MapTransform):
                 )
                 d[key] = item
         return d
-
-
-def lung_components(mask: np.ndarray, connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of a boolean mask: ``(labels, sizes)`` with ``sizes[0]`` (background) set to 0."""
-    labels = label(mask, connectivity=connectivity or mask.ndim)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels, sizes
 
 
 class DropSmallComponentsd(MapTransform):
@@ -129,38 +110,6 @@ class DropSmallComponentsd(MapTransform):
         return d
 
 
-def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of a mask's non-zero pixels, widened by ``margin`` within the array (MONAI's
-    ``generate_spatial_bounding_box``); ``None`` for an empty mask. Component work on a full-size radiograph only needs
-    this box: a third to a half of the pixels."""
-    start, end = generate_spatial_bounding_box(mask[None], lambda m: m > 0, margin=margin, allow_smaller=True)
-    return tuple(slice(a, b) for a, b in zip(start, end)) if any(end) else None
-
-
-def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
-    """Fill the background regions of a boolean mask that do not reach the array's edge.
-
-    The result equals MONAI's ``fill_holes`` (background connectivity ``connectivity``, full by default; the edge
-    counts as open). Only the mask's bounding box, padded by one background pixel, is labelled: background outside
-    the box is connected to the edge, so any region that reaches the padding is open too.
-    """
-    box = lung_box(mask, margin=1)
-    if box is None:
-        return mask.copy()
-    crop = np.pad(mask[box], 1, constant_values=False)
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
-    regions, count = ndimage.label(~crop, structure=structure)
-    ring = np.ones(crop.shape, bool)
-    ring[(slice(1, -1),) * mask.ndim] = False
-    not_hole = np.zeros(count + 1, bool)  # a lookup table over region numbers: foreground (0) and open regions
-    not_hole[0] = True
-    not_hole[regions[ring]] = True
-    holes = ~not_hole[regions]
-    filled = mask.copy()
-    filled[box] |= holes[(slice(1, -1),) * mask.ndim]
-    return filled
-
-
 class FillEnclosedHolesd(MapTransform):
     """Fill holes in binary masks: MONAI's ``FillHolesd(applied_labels=[1])`` output, several times faster.
 
@@ -186,57 +135,6 @@ class FillEnclosedHolesd(MapTransform):
             filled = np.stack([fill_enclosed_holes(channel, self.connectivity) for channel in arr])
             d[key] = convert_to_dst_type(filled, dst=img, dtype=img.dtype)[0]
         return d
-
-
-def patient_right_on_image_left(patient_orientation: str = "") -> bool:
-    """Whether the patient's right is on the image's left, from DICOM Patient Orientation (``"L\\F"`` on a PA or AP
-    radiograph displayed as usual). Unknown or missing orientation: assume the usual display (``True``)."""
-    row_direction = str(patient_orientation or "").split("\\")[0].upper()
-    return not ("R" in row_direction and "L" not in row_direction)
-
-
-def split_lung_sides(mask: np.ndarray, right_on_image_left: bool = True, connectivity: int | None = None) -> np.ndarray:
-    """Label a 2D ``(x, y)`` lung mask: 1 for the patient's right lung, 2 for the left lung, 0 background.
-
-    Components are assigned to a side by the x of their centroid relative to the dividing line: halfway between the
-    centroids of the two largest components, or, when the lungs form one component, the narrowest column (fewest lung
-    pixels) in the middle third of the mask's width, i.e. the mediastinum.
-
-    Args:
-        mask: ``(x, y)`` array, non-zero is lung.
-        right_on_image_left: patient's right on the image's left (PA/AP radiograph, usual display).
-        connectivity: pixel connectivity for the components (``None``: 8-neighbours).
-    """
-    lung = np.asarray(mask) > 0
-    return split_labelled_lungs(lung, *lung_components(lung, connectivity), right_on_image_left)
-
-
-def split_labelled_lungs(
-    lung: np.ndarray, labels: np.ndarray, sizes: np.ndarray, right_on_image_left: bool = True
-) -> np.ndarray:
-    """:func:`split_lung_sides` for a mask whose components are already labelled (``labels``, ``sizes`` as from
-    ``skimage.measure.label`` and ``bincount`` with the background size set to 0)."""
-    out = np.zeros(lung.shape, np.uint8)
-    if sizes.max() == 0:
-        return out
-    xs = np.arange(lung.shape[0], dtype=np.float64)
-    centroid_x = np.zeros(len(sizes))
-    for component in np.flatnonzero(sizes):  # a few components: per-column counts beat a weighted bincount
-        centroid_x[component] = xs @ (labels == component).sum(axis=1) / sizes[component]
-    order = np.argsort(sizes)[::-1]
-    if sizes[order[1]] > 0:  # two or more components
-        split = (centroid_x[order[0]] + centroid_x[order[1]]) / 2
-        image_left = (centroid_x < split)[labels] & lung
-    else:
-        columns = lung.sum(axis=1)
-        x0, x1 = np.flatnonzero(columns)[[0, -1]]
-        lo, hi = x0 + (x1 - x0) // 3, x1 - (x1 - x0) // 3
-        split = lo + int(np.argmin(columns[lo : hi + 1])) if hi > lo else (x0 + x1) // 2
-        image_left = lung & (np.arange(lung.shape[0])[:, None] < split)
-    right, left = (1, 2) if right_on_image_left else (2, 1)
-    out[lung & image_left] = right
-    out[lung & ~image_left] = left
-    return out
 
 
 class LabelLungSidesd(MapTransform):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
+from torch.nn import functional
 
 __all__ = ["RandLungOpacityd"]
 
@@ -65,7 +65,7 @@ class RandLungOpacityd(RandomizableTransform, MapTransform):
             return None
         grid = int(self.R.randint(3, 9))
         noise = torch.as_tensor(self.R.standard_normal((1, 1, grid, grid)), dtype=torch.float32)
-        field = F.interpolate(noise, size=(size_x, size_y), mode="bicubic", align_corners=False)[0, 0]
+        field = functional.interpolate(noise, size=(size_x, size_y), mode="bicubic", align_corners=False)[0, 0]
         field = (field - field.mean()) / (field.std() + 1e-6)
         # MONAI's 2D layout is (x, y): y runs down the image, from -1 at the top to +1 at the bottom (the lung bases)
         down = torch.linspace(-1.0, 1.0, size_y).unsqueeze(0)
@@ -75,7 +75,7 @@ class RandLungOpacityd(RandomizableTransform, MapTransform):
         softness = 0.15 * (inside.std() + 1e-6)
         weight = torch.sigmoid((field - threshold) / softness)
         # soften the lung mask's edge so the opacity does not draw the label's outline into the image
-        soft_lung = F.avg_pool2d(lung[None, None].float(), kernel_size=5, stride=1, padding=2)[0, 0]
+        soft_lung = functional.avg_pool2d(lung[None, None].float(), kernel_size=5, stride=1, padding=2)[0, 0]
         return weight * soft_lung
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

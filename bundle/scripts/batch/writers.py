@@ -9,22 +9,21 @@ it. Masks here are 2D ``(rows, columns)`` arrays, the DICOM/PIL layout.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import re
-import tempfile
-from collections.abc import Callable
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataset import Dataset
+
+from ..io.dicom import clean_header
+from ..io.files import atomic_write, image_stem
 
 __all__ = [
     "output_stem",
     "inside",
-    "atomic_write",
     "write_mask_png",
     "write_mask_nifti",
     "write_overlay_png",
@@ -72,14 +71,10 @@ def output_stem(input_name: str, key: str) -> str:
 
     Args:
         input_name: the input's path relative to the searched folder (any string).
-        key: the input's unique key (:func:`scripts.discovery.classify_file`).
+        key: the input's unique key (:func:`scripts.io.discovery.classify_file`).
     """
     parts = [p for p in re.split(r"[\\/]+", input_name) if p not in ("", ".", "..")] or ["input"]
-    name = parts[-1]
-    for ext in (".nii.gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii"):
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            name = name[: -len(ext)]
-            break
+    name = image_stem(parts[-1])
     folders = [_safe_component(p) for p in parts[:-1]]
     return "/".join(folders + [f"{_safe_component(name)}_{key[:8]}"])
 
@@ -91,26 +86,6 @@ def inside(output_dir: str, relative: str) -> str:
     path = os.path.realpath(os.path.join(root, relative))
     if os.path.commonpath([root, path]) != root or path == root:
         raise ValueError(f"refusing to write outside the output folder: {relative!r}")
-    return path
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> str:
-    """Call ``write(temporary_path)`` and move the result to ``path`` in one step; returns ``path``.
-
-    The temporary file is in the same folder (same file system, so the rename is atomic) and is removed on error.
-    """
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    suffix = ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -154,84 +129,23 @@ def write_overlay_png(path: str, image: np.ndarray, mask: np.ndarray) -> str:
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=3))
 
 
-def _valid_value(vr: str, value) -> bool:
-    """Whether one value of an element can be copied into a new DICOM object and read back (highdicom converts dates,
-    times and numbers; pydicom refuses non-finite decimal strings on writing)."""
-    if vr in ("DS", "IS"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return False
-        return (
-            math.isfinite(number)
-            and len(str(value)) <= (16 if vr == "DS" else 12)
-            and (vr == "DS" or number == int(number))
-        )
-    if vr in ("DA", "DT", "TM"):
-        try:
-            return not str(value) or getattr(pydicom.valuerep, vr)(str(value)) is not None
-        except (TypeError, ValueError):
-            return False
-    if isinstance(value, (str, pydicom.valuerep.PersonName)):
-        text = str(value)
-        # control characters are invalid in every string VR but ESC (character sets); texts may also break lines
-        allowed = "\x1b\r\n\t\f" if vr in ("LT", "ST", "UT") else "\x1b"
-        if any(ord(c) < 32 and c not in allowed for c in text):
-            return False
-        try:
-            pydicom.valuerep.validate_value(vr, text, pydicom.config.RAISE)
-        except (TypeError, ValueError):
-            return False
-    return True
-
-
-def _valid_copy(ds, skip: tuple[str, ...] = ()):
-    """A copy of ``ds`` with only the elements whose values are valid for their VR (sequences cleaned recursively):
-    a source header from an archive may hold text where a number belongs, impossible dates or broken UIDs, which
-    highdicom would copy into the SEG and fail on."""
-    from pydicom.dataset import Dataset
-
-    clean = Dataset()
-    for tag in list(ds.keys()):
-        try:
-            element = ds[tag]
-            if element.keyword in skip or tag.group == 0x7FE0:
-                continue
-            if element.VR == "SQ":
-                element = copy.copy(element)
-                element.value = [_valid_copy(item) for item in element.value]
-            else:
-                values = element.value if element.VM > 1 else [element.value]
-                if not all(v is None or v == "" or _valid_value(element.VR, v) for v in values):
-                    continue
-        except Exception:  # a value pydicom cannot even convert is left out too
-            continue
-        clean.add(element)
-    return clean
-
-
 _REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # spacing is given to the SEG explicitly (validated, corrected for magnification): highdicom must not copy the source's
 _SPACING = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 
 
-def seg_source(source):
-    """The source image's header as a DICOM SEG may reference it: only valid elements (:func:`_valid_copy`), no
-    spacing, the Type 2 patient and study attributes present (empty when absent, as in anonymised exports). A SOP
-    Class or Instance UID that is corrupt in the dataset is taken from the file meta header, which names the same
-    object.
+def seg_source(header: Dataset) -> Dataset:
+    """The source image's header as a DICOM SEG references it: a copy of ``header`` (valid values only, see
+    :func:`scripts.io.dicom.clean_header`) without its spacing, with the Type 2 patient and study attributes present
+    (empty when absent, as in anonymised exports).
 
     Raises:
         ValueError: a UID the SEG must reference is missing or not a valid UID.
     """
-    clean = _valid_copy(source, skip=_SPACING)
-    meta = _valid_copy(getattr(source, "file_meta", None) or pydicom.Dataset())
-    for keyword, fallback in (
-        ("SOPClassUID", "MediaStorageSOPClassUID"),
-        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
-    ):
-        if not clean.get(keyword) and meta.get(fallback):  # the file meta header names the same object
-            setattr(clean, keyword, meta.get(fallback))
+    clean = clean_header(header)
+    for keyword in _SPACING:
+        if keyword in clean:
+            del clean[keyword]
     missing = [k for k in _REFERENCE_UIDS if not clean.get(k)]
     if missing:
         raise ValueError(f"the source DICOM has no valid {', '.join(missing)}, so a SEG cannot reference it")

@@ -1,4 +1,4 @@
-"""Find the inputs of a batch-inference run and decide, per file, whether it is a radiograph to segment.
+"""Find the inputs of a batch-inference run and tell, from each file's name and first bytes, what it is.
 
 A folder is searched recursively (sorted, hidden files and folders starting with ``.`` ignored, the run's own output
 folder excluded). A datalist JSON file can replace the folder: MONAI's decathlon format, ``{"testing": [{"image":
@@ -6,23 +6,16 @@ path}, ...]}`` (or ``"test"``; items may also be plain paths), paths relative to
 
 Every discovered file gets one entry with a ``status``:
 
-* ``pending``: a radiograph to segment (single-frame DICOM image of a radiographic modality, PNG, JPEG, BMP, TIFF, 2D
-  NIfTI);
-* ``skipped`` with the reason: DICOMDIR, DICOM objects that are not images (structured reports, key-object
-  selections, presentation states, encapsulated PDF/CDA, segmentations, RT objects, waveforms, raw data, ...),
-  multi-frame DICOM (see below), DICOM images of non-radiographic modalities (CT, MR, US, ...), 3D NIfTI volumes,
-  and documents that are obviously not images (``.txt``, ``.csv``, ``.pdf``, ...);
-* ``failed`` with the reason: empty files, unreadable DICOM headers, files that are neither DICOM nor a known image
-  format.
+* ``pending``: an image to read: DICOM (recognised by content), PNG, JPEG, BMP, TIFF, NIfTI. Whether a DICOM object is
+  a radiograph to segment (not a structured report, a multi-frame or a CT image, ...) and whether a NIfTI is 2D is
+  decided when the file is read, once, in the data loader's workers (:class:`scripts.io.reader.RadiographReader`):
+  a discovery that opened every header of an archive would read each file twice, in one process;
+* ``skipped`` with the reason: ``DICOMDIR`` files, documents that are obviously not images (``.txt``, ``.csv``,
+  ``.pdf``, ...), named pipes, devices and sockets (reading a pipe or ``/dev/zero`` would never end);
+* ``failed`` with the reason: empty files, broken links, folders that cannot be listed, files that are neither DICOM
+  nor a known image format.
 
-Classifying a file never raises: whatever a header holds (an unknown value representation, text where a number
-belongs, a length past the end of the file, a deflate bomb), the file gets its ``failed`` entry with the reason, and
-the run goes on. Named pipes, devices and sockets in the folder are ``skipped`` (they are not files to read: reading
-a pipe or ``/dev/zero`` would never end).
-
-Multi-frame DICOM (``NumberOfFrames > 1``) is skipped with its reason: a chest radiograph is a single frame, and the
-multi-frame objects found next to them (tomosynthesis, fluoroscopy cine, dual-energy stacks) are not PA radiographs
-the network was trained on.
+Discovering a file never raises: whatever it is, it gets its entry, and the run goes on.
 """
 
 from __future__ import annotations
@@ -34,31 +27,13 @@ import os
 import stat
 from collections.abc import Iterable
 
-from pydicom.uid import UID, MediaStorageDirectoryStorage
+from .errors import describe_error, is_input_failure
+from .files import sniff_format
 
-from .dicom import MAX_IMAGE_PIXELS, number_of_frames, read_dicom, safe_get
-from .input_errors import describe_error, is_input_failure
-from .radiograph_reader import sniff_format
-
-__all__ = ["discover_inputs", "classify_file", "RADIOGRAPH_MODALITIES"]
+__all__ = ["discover_inputs", "classify_file"]
 
 logger = logging.getLogger(__name__)
 
-# Modality values of projection radiographs (and secondary captures of them, often "OT"; empty when absent)
-RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "")
-# SOP Class UID prefixes of DICOM objects that carry no radiograph, with what to call them in the report
-_NON_IMAGE_SOP_CLASSES = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report or key-object selection"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.66", "segmentation, registration or raw data"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.67", "real-world value mapping"),
-    ("1.2.840.10008.5.1.4.1.1.68.", "surface"),
-    ("1.2.840.10008.5.1.4.1.1.91.", "content assessment"),
-    ("1.2.840.10008.5.1.4.1.1.200.", "protocol"),
-)
 _DOCUMENT_EXTENSIONS = (
     ".txt",
     ".csv",
@@ -104,59 +79,12 @@ def _entry(path: str, display: str, kind: str, status: str, reason: str = "") ->
     }
 
 
-def _classify_dicom(path: str, modalities: Iterable[str], max_pixels: int) -> tuple[str, str]:
-    if os.path.basename(path).upper() == "DICOMDIR":
-        return "skipped", "DICOMDIR (media directory index), not an image"
-    # large elements (private blobs, icons) are not loaded: only the attributes below are read
-    ds = read_dicom(path, max_pixels, stop_before_pixels=True, defer_size=1 << 20)
-    meta = getattr(ds, "file_meta", None)
-    sop = str(safe_get(ds, "SOPClassUID") or (safe_get(meta, "MediaStorageSOPClassUID") if meta else "") or "")[:64]
-    name = UID(sop).name if UID(sop).is_valid else f"invalid SOP Class UID {sop[:40]!r}" if sop else "no SOP Class UID"
-    if sop == MediaStorageDirectoryStorage:
-        return "skipped", "DICOMDIR (media directory index), not an image"
-    for prefix, what in _NON_IMAGE_SOP_CLASSES:
-        if sop.startswith(prefix):
-            return "skipped", f"{what} ({name}), not an image"
-    if "Rows" not in ds or "Columns" not in ds:
-        if "Image Storage" in name or not UID(sop).is_valid:  # an image object without its image: corrupt
-            return "failed", f"no Rows and Columns in this DICOM object ({name}): a truncated or corrupt header"
-        return "skipped", f"no image in this DICOM object ({name})"
-    frames, _ = number_of_frames(ds)
-    if frames > 1:
-        return "skipped", f"multi-frame image ({frames} frames, {name}); only single-frame radiographs are segmented"
-    modality = str(safe_get(ds, "Modality", "") or "").strip().upper()
-    if modality not in modalities:
-        allowed = ", ".join(m for m in modalities if m)
-        shown = "".join(c if c.isprintable() else "?" for c in modality[:16])
-        return "skipped", f"modality {shown} is not a projection radiograph ({allowed} are segmented)"
-    return "pending", ""
-
-
-def _classify_nifti(path: str) -> tuple[str, str]:
-    import nibabel
-
-    try:
-        shape = tuple(nibabel.load(path).shape)
-    except Exception as exc:
-        return "failed", f"unreadable NIfTI header ({type(exc).__name__}: {exc})"
-    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
-        return "pending", ""
-    return "skipped", f"{len(shape)}D NIfTI of shape {shape}, not a 2D radiograph"
-
-
-def classify_file(
-    path: str,
-    display: str | None = None,
-    modalities: Iterable[str] = RADIOGRAPH_MODALITIES,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-) -> dict:
-    """Classify one file (see the module docstring); never raises.
+def classify_file(path: str, display: str | None = None) -> dict:
+    """Classify one file by its name and first bytes (see the module docstring); never raises.
 
     Args:
         path: the file.
         display: how the report names it (default: ``path``).
-        modalities: DICOM Modality values that are segmented; other images are skipped.
-        max_pixels: the image size limit of the run (a deflated DICOM dataset may expand to about 4 bytes a pixel).
 
     Returns:
         ``{"path", "input", "key", "kind", "status", "reason", "size", "mtime_ns"}``; ``key`` identifies the input in
@@ -164,7 +92,7 @@ def classify_file(
     """
     display = display or path
     try:
-        return _classify(path, display, tuple(modalities), max_pixels)
+        return _classify(path, display)
     except BaseException as exc:  # whatever a file holds, it gets its row
         if not is_input_failure(exc):
             raise
@@ -174,7 +102,7 @@ def classify_file(
 _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"))
 
 
-def _classify(path: str, display: str, modalities: tuple[str, ...], max_pixels: int) -> dict:
+def _classify(path: str, display: str) -> dict:
     if not os.path.lexists(path):
         return _entry(path, display, "missing", "failed", "file not found")
     if not os.path.exists(path):
@@ -188,10 +116,8 @@ def _classify(path: str, display: str, modalities: tuple[str, ...], max_pixels: 
     if os.path.getsize(path) == 0:
         return _entry(path, display, "empty", "failed", "empty file (0 bytes)")
     kind = sniff_format(path)
-    if kind == "dicom":
-        status, reason = _classify_dicom(path, modalities, max_pixels)
-    elif kind == "nifti":
-        status, reason = _classify_nifti(path)
+    if kind == "dicom" and os.path.basename(path).upper() == "DICOMDIR":
+        status, reason = "skipped", "DICOMDIR (media directory index), not an image"
     elif kind is not None:
         status, reason = "pending", ""
     elif path.lower().endswith(_DOCUMENT_EXTENSIONS):
@@ -247,18 +173,14 @@ def _datalist_files(datalist_file: str, key: str | None) -> list[tuple[str, str]
 def discover_inputs(
     dataset_dir: str,
     exclude: Iterable[str] = (),
-    modalities: Iterable[str] = RADIOGRAPH_MODALITIES,
     datalist_key: str | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """Find and classify every input of a run.
 
     Args:
         dataset_dir: a folder (searched recursively) or a datalist JSON file.
         exclude: folders not to search (the output folder, when it lies inside ``dataset_dir``).
-        modalities: DICOM Modality values that are segmented.
         datalist_key: the list to use in a datalist JSON file (default ``"testing"``, else ``"test"``).
-        max_pixels: the image size limit of the run (see :func:`classify_file`).
 
     Returns:
         One :func:`classify_file` entry per discovered file, in a stable order; ``input`` is the path relative to the
@@ -281,8 +203,7 @@ def discover_inputs(
         raise FileNotFoundError(f"dataset_dir does not exist: {root}")
     if not files and not unreadable:
         raise FileNotFoundError(f"{root}: no files found (hidden files and the output folder are not searched)")
-    modalities = tuple(m.upper() for m in modalities)
-    entries = [classify_file(path, display, modalities, max_pixels) for path, display in files]
+    entries = [classify_file(path, display) for path, display in files]
     entries += [
         _entry(path, display, "folder", "failed", f"folder cannot be listed ({error.strerror or error})")
         for path, display, error in unreadable

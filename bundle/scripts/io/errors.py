@@ -17,7 +17,23 @@ __all__ = ["InputError", "ImageTooLarge", "NotARadiograph", "describe_error", "f
 
 
 class InputError(ValueError):
-    """A problem of one input file, in words for the run report (no exception type needed in front of it)."""
+    """A problem of one input file, in words for the run report (no exception type needed in front of it).
+
+    Args:
+        message: what is wrong, for a person.
+        step: the step of the pipeline that found it, as the report names it (``"reading the header"``); ``""``
+            when the message says it all; ``None`` to let the caller name the step.
+    """
+
+    def __init__(self, message: str = "", step: str | None = None) -> None:
+        super().__init__(message, step)  # both in args: the exception pickles (DataLoader workers) with its step
+
+    @property
+    def step(self) -> str | None:
+        return self.args[1] if len(self.args) > 1 else None
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ImageTooLarge(InputError):

@@ -28,6 +28,7 @@ column spacing]`` in mm and into ``affine``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -42,7 +43,8 @@ from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, ensure_tuple
 from pydicom.dataset import Dataset
 
-from .input_errors import ImageTooLarge, InputError, first_line, is_input_failure
+from .errors import ImageTooLarge, InputError, NotARadiograph, first_line, is_input_failure
+from .files import is_dicom_file
 
 try:  # pydicom 3
     from pydicom.encaps import generate_frames
@@ -89,21 +91,134 @@ MAX_IMAGE_PIXELS = 36_000_000
 SPACING_ATTRIBUTES = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, the weights PIL uses for RGB -> L
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+_BINARY_VRS = ("OB", "OW", "OD", "OF", "OL", "OV", "UN")
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
-def is_dicom_file(path: PathLike) -> bool:
-    """Whether ``path`` is a DICOM Part 10 file, judged by content: the ``DICM`` marker after the 128-byte preamble.
+# Modality values of projection radiographs (and secondary captures of them, often "OT"; empty when absent)
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "")
+# SOP Class UID prefixes of DICOM objects that carry no radiograph, with what to call them in the report
+_NON_IMAGE_SOP_CLASSES = (
+    ("1.2.840.10008.5.1.4.1.1.88.", "structured report or key-object selection"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
+    ("1.2.840.10008.5.1.4.1.1.66", "segmentation, registration or raw data"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
+    ("1.2.840.10008.5.1.4.1.1.67", "real-world value mapping"),
+    ("1.2.840.10008.5.1.4.1.1.68.", "surface"),
+    ("1.2.840.10008.5.1.4.1.1.91.", "content assessment"),
+    ("1.2.840.10008.5.1.4.1.1.200.", "protocol"),
+)
 
-    Files without the preamble (raw datasets) are accepted only with a ``.dcm``/``.dicom`` extension, see
-    :meth:`RadiographDicomReader.verify_suffix`.
+
+def classify_dataset(ds: Dataset, modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> None:
+    """Check that a DICOM object is a radiograph to segment: a single-frame image of one of ``modalities``.
+
+    Raises:
+        NotARadiograph: an object that is not one (DICOMDIR, structured report, presentation state, encapsulated
+            document, multi-frame image, another modality, ...), with the reason: its report row is ``skipped``.
+        InputError: an image object whose header lacks its image (Rows/Columns): a truncated or corrupt file.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    meta = getattr(ds, "file_meta", None)
+    sop = str(safe_get(ds, "SOPClassUID") or (safe_get(meta, "MediaStorageSOPClassUID") if meta else "") or "")[:64]
+    uid = pydicom.uid.UID(sop)
+    name = uid.name if uid.is_valid else f"invalid SOP Class UID {sop[:40]!r}" if sop else "no SOP Class UID"
+    if sop == pydicom.uid.MediaStorageDirectoryStorage:
+        raise NotARadiograph("DICOMDIR (media directory index), not an image")
+    for prefix, what in _NON_IMAGE_SOP_CLASSES:
+        if sop.startswith(prefix):
+            raise NotARadiograph(f"{what} ({name}), not an image")
+    if "Rows" not in ds or "Columns" not in ds:
+        if "Image Storage" in name or not uid.is_valid:  # an image object without its image: corrupt
+            raise InputError(f"no Rows and Columns in this DICOM object ({name}): a truncated or corrupt header", "")
+        raise NotARadiograph(f"no image in this DICOM object ({name})")
+    frames, _ = number_of_frames(ds)
+    if frames > 1:
+        raise NotARadiograph(
+            f"multi-frame image ({frames} frames, {name}); only single-frame radiographs are segmented"
+        )
+    modality = str(safe_get(ds, "Modality", "") or "").strip().upper()
+    if modality not in [m.upper() for m in modalities]:
+        allowed = ", ".join(m for m in modalities if m)
+        shown = "".join(c if c.isprintable() else "?" for c in modality[:16])
+        raise NotARadiograph(f"modality {shown} is not a projection radiograph ({allowed} are segmented)")
+
+
+def _valid_value(vr: str, value) -> bool:
+    """Whether one value of an element can be copied into a new DICOM object and read back (highdicom converts dates,
+    times and numbers; pydicom refuses non-finite decimal strings on writing)."""
+    if vr in ("DS", "IS"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        return (
+            math.isfinite(number)
+            and len(str(value)) <= (16 if vr == "DS" else 12)
+            and (vr == "DS" or number == int(number))
+        )
+    if vr in ("DA", "DT", "TM"):
+        try:
+            return not str(value) or getattr(pydicom.valuerep, vr)(str(value)) is not None
+        except (TypeError, ValueError):
+            return False
+    if isinstance(value, (str, pydicom.valuerep.PersonName)):
+        text = str(value)
+        # control characters are invalid in every string VR but ESC (character sets); texts may also break lines
+        allowed = "\x1b\r\n\t\f" if vr in ("LT", "ST", "UT") else "\x1b"
+        if any(ord(c) < 32 and c not in allowed for c in text):
+            return False
+        try:
+            pydicom.valuerep.validate_value(vr, text, pydicom.config.RAISE)
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _valid_copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` with only the elements whose values are valid for their VR (sequences cleaned recursively):
+    a source header from an archive may hold text where a number belongs, impossible dates or broken UIDs, which
+    highdicom would copy into the SEG and fail on."""
+    clean = Dataset()
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            if tag.group == 0x7FE0 or (element.VR in _BINARY_VRS and len(element.value or b"") > 1024):
+                continue  # pixel data, icons, private blobs: nothing an output copies
+            if element.VR == "SQ":
+                element = copy.copy(element)
+                element.value = [_valid_copy(item) for item in element.value]
+            else:
+                values = element.value if element.VM > 1 else [element.value]
+                if not all(v is None or v == "" or _valid_value(element.VR, v) for v in values):
+                    continue
+        except Exception:  # a value pydicom cannot even convert is left out too (noqa: the element, not the run)
+            continue
+        clean.add(element)
+    return clean
+
+
+def clean_header(ds: Dataset) -> Dataset:
+    """The header of ``ds`` as outputs may copy it (the DICOM SEG's patient, study and references, the report's UIDs):
+    only the elements whose values are valid for their VR, sequences cleaned likewise, no pixel data and no binary
+    value over 1 KiB. A SOP Class or Instance UID that is corrupt in the dataset is taken from the file meta header,
+    which names the same object."""
+    clean = _valid_copy(ds)
+    meta = _valid_copy(getattr(ds, "file_meta", None) or Dataset())
+    for keyword, fallback in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
+        if not clean.get(keyword) and meta.get(fallback):
+            setattr(clean, keyword, meta.get(fallback))
+    return clean
+
+
+def header_from_json(text: str) -> Dataset:
+    """The header that :class:`RadiographDicomReader` passed along as ``dicom_header`` (DICOM JSON), or an empty
+    ``Dataset`` for inputs that are not DICOM."""
+    return Dataset.from_json(text) if text else Dataset()
 
 
 def check_image_size(rows: int, columns: int, max_pixels: int, what: str = "the image") -> None:
@@ -514,14 +629,18 @@ class RadiographDicomReader(ImageReader):
     Args:
         max_pixels: the largest Rows x Columns decoded; larger images (or headers and codestreams claiming them) fail
             before anything of their size is allocated.
+        modalities: DICOM Modality values that are segmented (:func:`classify_dataset`).
         kwargs: passed to ``pydicom.dcmread``.
     """
 
     suffixes = ("dcm", "dicom")
 
-    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS, **kwargs) -> None:
+    def __init__(
+        self, max_pixels: int = MAX_IMAGE_PIXELS, modalities: Sequence[str] = RADIOGRAPH_MODALITIES, **kwargs
+    ) -> None:
         super().__init__()
         self.max_pixels = int(max_pixels)
+        self.modalities = tuple(modalities)
         self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -529,8 +648,9 @@ class RadiographDicomReader(ImageReader):
         return all(is_dicom_file(f) or is_supported_format(f, self.suffixes) for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs) -> Dataset | list[Dataset]:
-        """Read one or several files with pydicom; returns ``Dataset`` objects (pixels are decoded in ``get_data``)."""
-        options = {**self.kwargs, **kwargs}
+        """Read one or several files with pydicom (the pixel data of more than 1 MiB when it is decoded, in
+        ``get_data``) and check that each is a radiograph to segment (:func:`classify_dataset`)."""
+        options = {"defer_size": 1 << 20, **self.kwargs, **kwargs}
         datasets = []
         for name in ensure_tuple(data):
             name = os.fspath(name)
@@ -541,7 +661,11 @@ class RadiographDicomReader(ImageReader):
             try:
                 ds = read_dicom(name, self.max_pixels, **options)
             except InputError as exc:
-                raise type(exc)(f"{name}: not a readable DICOM file ({exc})") from exc
+                raise type(exc)(f"{name}: {exc}", step="reading the header") from exc
+            try:
+                classify_dataset(ds, self.modalities)
+            except InputError as exc:
+                raise type(exc)(f"{name}: {exc}", step=exc.step) from exc
             datasets.append(ds)
         return datasets if len(datasets) > 1 else datasets[0]
 
@@ -552,7 +676,7 @@ class RadiographDicomReader(ImageReader):
             try:
                 grey, notes = to_display_grey(ds, self.max_pixels)
             except InputError as exc:
-                raise type(exc)(f"{getattr(ds, 'filename', '<dataset>')}: {exc}") from exc
+                raise type(exc)(f"{getattr(ds, 'filename', '<dataset>')}: {exc}", step=exc.step) from exc
             arrays.append(grey.T)  # (rows, columns) -> MONAI's (x, y) = (columns, rows), as PILReader does
             if not meta:
                 meta = self._meta(ds, grey.shape, notes)
@@ -577,6 +701,7 @@ class RadiographDicomReader(ImageReader):
             "modality": str(safe_get(ds, "Modality", "") or "")[:16],
             "patient_orientation": "\\".join(str(v)[:16] for v in ensure_tuple(orientation))[:64],
             "sop_instance_uid": str(safe_get(ds, "SOPInstanceUID", "") or "")[:64],
+            "dicom_header": clean_header(ds).to_json(),
             "rows": int(shape[0]),
             "columns": int(shape[1]),
         }

@@ -1,4 +1,6 @@
-"""Image-loading and label transforms for chest radiographs that MONAI does not provide as such."""
+"""Image and label transforms for chest radiographs that MONAI does not provide as such: a mask resampled onto its
+image's grid, blank images refused, and the selector with which MONAI's ``CropForegroundd`` crops the padding around
+a radiograph."""
 
 from __future__ import annotations
 
@@ -6,47 +8,12 @@ from collections.abc import Callable, Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.data import PILReader
 from monai.transforms import MapTransform, Resize
-from PIL import Image
 
-from .flags import is_on
-from .input_errors import NotARadiograph
+from ..io.errors import NotARadiograph
+from ..settings import is_on
 
-__all__ = [
-    "to_grey",
-    "grey_png_reader",
-    "ResizeToMatchd",
-    "RejectBlankImaged",
-    "above_minimum",
-    "padding_crop_selector",
-]
-
-# PIL modes that already hold one grey value per pixel and are kept as they are (8, 16 and 32 bit)
-_GREY_MODES = {"L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-def to_grey(image: Image.Image) -> Image.Image:
-    """Return a single-channel grey image from any PIL image a radiograph PNG/JPEG may be stored as.
-
-    * palette (``P``/``PA``) images go through their palette: the Kaggle Shenzhen PNGs store grey levels as palette
-      indices, and reading the raw indices gives many images in reversed grey scale;
-    * RGB/RGBA/LA images (grey radiographs saved with R=G=B) become grey with ITU-R 601 luma, which returns the
-      common value exactly when the channels are equal;
-    * 1-bit images become 0/255; 8-bit, 16-bit and 32-bit grey images are returned unchanged (full bit depth kept).
-
-    Used as the ``converter`` of MONAI's ``PILReader``.
-    """
-    if image.mode in _GREY_MODES:
-        return image
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    return image.convert("L")
-
-
-def grey_png_reader() -> PILReader:
-    """MONAI ``PILReader`` for PNG/JPEG/BMP radiographs and masks that always yields one grey channel."""
-    return PILReader(converter=to_grey)
+__all__ = ["ResizeToMatchd", "RejectBlankImaged", "above_minimum", "every_pixel", "padding_crop_selector"]
 
 
 class ResizeToMatchd(MapTransform):
@@ -84,7 +51,7 @@ class ResizeToMatchd(MapTransform):
 
 
 class RejectBlankImaged(MapTransform):
-    """Raise :class:`~scripts.input_errors.NotARadiograph` for an image whose pixels all have one value.
+    """Raise :class:`~scripts.io.errors.NotARadiograph` for an image whose pixels all have one value.
 
     A blank image (all black or all white: a failed export, a placeholder, a corrupt frame) has nothing to segment;
     in batch inference its row becomes ``skipped`` with the reason instead of an arbitrary "mask". Labels are not
@@ -128,6 +95,7 @@ def every_pixel(image: torch.Tensor) -> torch.Tensor:
 def padding_crop_selector(crop_padding: bool | str | int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``CropForegroundd``'s ``select_fn`` for a config's ``crop_padding`` switch.
 
-    The switch is read with :func:`scripts.flags.is_on`, so ``--crop_padding false`` on the command line turns it off.
+    The switch is read with :func:`scripts.settings.is_on`, so ``--crop_padding false`` on the command line turns it
+    off.
     """
     return above_minimum if is_on(crop_padding) else every_pixel

@@ -1,0 +1,117 @@
+"""Files on disk: which formats the bundle reads (one list of extensions, recognition by content) and the one way it
+writes a file (atomically, so that no reader and no resumed run ever sees half of one)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+from monai.config import PathLike
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PIL_FORMATS",
+    "TEMPORARY_PREFIX",
+    "atomic_write",
+    "image_stem",
+    "is_dicom_file",
+    "remove_temporary_files",
+    "sniff_format",
+]
+
+# every extension an input image or mask may have (longest first, so ".nii.gz" wins over ".gz")
+IMAGE_EXTENSIONS = (".nii.gz", ".dicom", ".jpeg", ".tiff", ".png", ".jpg", ".bmp", ".tif", ".dcm", ".nii")
+PIL_FORMATS = ("png", "jpeg", "bmp", "tiff")
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+# the name a file has while it is written (see atomic_write); what a killed process leaves behind starts with it
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def image_stem(name: str) -> str:
+    """``name`` without its image extension (``a.nii.gz`` -> ``a``, ``a.PNG`` -> ``a``); other names unchanged
+    (``IM0001``, a DICOM file without extension, stays ``IM0001``)."""
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def is_dicom_file(path: PathLike) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file, judged by content: the ``DICM`` marker after the 128-byte preamble.
+
+    Files without the preamble (raw datasets) are accepted only with a ``.dcm``/``.dicom`` extension (see
+    :func:`sniff_format`).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def sniff_format(path: PathLike) -> str | None:
+    """Return ``"dicom"``, ``"png"``, ``"jpeg"``, ``"bmp"``, ``"tiff"`` or ``"nifti"`` for ``path``, else ``None``.
+
+    DICOM is recognised by content (``DICM`` at byte 128), whatever the file's name; images by their magic numbers;
+    NIfTI by its ``.nii``/``.nii.gz`` extension. A ``.dcm``/``.dicom`` file without the DICOM marker counts as DICOM
+    (datasets written without the Part 10 preamble). Unreadable or empty files give ``None``.
+    """
+    path = os.fspath(path)
+    if is_dicom_file(path):
+        return "dicom"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if not head:
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    lower = path.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if lower.endswith((".dcm", ".dicom")):
+        return "dicom"
+    return None
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
+    """Call ``write(temporary_path)`` and move the result to ``path`` in one step; returns ``path``.
+
+    The temporary file (``.tmp-*`` in the same folder, so the rename is atomic) is removed on error; the file it
+    replaces, if any, stays complete until the rename.
+    """
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    suffix = ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def remove_temporary_files(folder: str, recursive: bool = True) -> None:
+    """Delete the temporary files a killed writer left in ``folder`` (only one run may write a folder at a time)."""
+    for root, _, files in os.walk(folder) if recursive else [(folder, None, os.listdir(folder))]:
+        for name in files:
+            if name.startswith(TEMPORARY_PREFIX):
+                try:
+                    os.remove(os.path.join(root, name))
+                except OSError:  # already gone, or not ours to delete
+                    pass

@@ -1,0 +1,177 @@
+"""The lung geometry of a 2D mask, with NumPy, SciPy and scikit-image: connected components, the lungs' bounding box,
+hole filling, the patient's right and left lung, and the areas and quality flags of the run report.
+
+Arrays given as ``(x, y)`` are MONAI's layout (x along an image row); masks for :func:`measure_lungs` are
+``(rows, columns)``, as DICOM and PIL store them. The MONAI transforms built on these are in
+:mod:`scripts.transforms.postprocess`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from monai.transforms.utils import generate_spatial_bounding_box
+from scipy import ndimage
+from skimage.measure import label
+
+__all__ = [
+    "lung_components",
+    "lung_box",
+    "fill_enclosed_holes",
+    "patient_right_on_image_left",
+    "split_lung_sides",
+    "split_labelled_lungs",
+    "measure_lungs",
+]
+
+
+def lung_components(mask: np.ndarray, connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of a boolean mask: ``(labels, sizes)`` with ``sizes[0]`` (background) set to 0."""
+    labels = label(mask, connectivity=connectivity or mask.ndim)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels, sizes
+
+
+def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of a mask's non-zero pixels, widened by ``margin`` within the array (MONAI's
+    ``generate_spatial_bounding_box``); ``None`` for an empty mask. Component work on a full-size radiograph only needs
+    this box: a third to a half of the pixels."""
+    start, end = generate_spatial_bounding_box(mask[None], lambda m: m > 0, margin=margin, allow_smaller=True)
+    return tuple(slice(a, b) for a, b in zip(start, end)) if any(end) else None
+
+
+def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """Fill the background regions of a boolean mask that do not reach the array's edge.
+
+    The result equals MONAI's ``fill_holes`` (background connectivity ``connectivity``, full by default; the edge
+    counts as open). Only the mask's bounding box, padded by one background pixel, is labelled: background outside
+    the box is connected to the edge, so any region that reaches the padding is open too.
+    """
+    box = lung_box(mask, margin=1)
+    if box is None:
+        return mask.copy()
+    crop = np.pad(mask[box], 1, constant_values=False)
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+    regions, count = ndimage.label(~crop, structure=structure)
+    ring = np.ones(crop.shape, bool)
+    ring[(slice(1, -1),) * mask.ndim] = False
+    not_hole = np.zeros(count + 1, bool)  # a lookup table over region numbers: foreground (0) and open regions
+    not_hole[0] = True
+    not_hole[regions[ring]] = True
+    holes = ~not_hole[regions]
+    filled = mask.copy()
+    filled[box] |= holes[(slice(1, -1),) * mask.ndim]
+    return filled
+
+
+def patient_right_on_image_left(patient_orientation: str = "") -> bool:
+    """Whether the patient's right is on the image's left, from DICOM Patient Orientation (``"L\\F"`` on a PA or AP
+    radiograph displayed as usual). Unknown or missing orientation: assume the usual display (``True``)."""
+    row_direction = str(patient_orientation or "").split("\\")[0].upper()
+    return not ("R" in row_direction and "L" not in row_direction)
+
+
+def split_lung_sides(mask: np.ndarray, right_on_image_left: bool = True, connectivity: int | None = None) -> np.ndarray:
+    """Label a 2D ``(x, y)`` lung mask: 1 for the patient's right lung, 2 for the left lung, 0 background.
+
+    Components are assigned to a side by the x of their centroid relative to the dividing line: halfway between the
+    centroids of the two largest components, or, when the lungs form one component, the narrowest column (fewest lung
+    pixels) in the middle third of the mask's width, i.e. the mediastinum.
+
+    Args:
+        mask: ``(x, y)`` array, non-zero is lung.
+        right_on_image_left: patient's right on the image's left (PA/AP radiograph, usual display).
+        connectivity: pixel connectivity for the components (``None``: 8-neighbours).
+    """
+    lung = np.asarray(mask) > 0
+    return split_labelled_lungs(lung, *lung_components(lung, connectivity), right_on_image_left)
+
+
+def split_labelled_lungs(
+    lung: np.ndarray, labels: np.ndarray, sizes: np.ndarray, right_on_image_left: bool = True
+) -> np.ndarray:
+    """:func:`split_lung_sides` for a mask whose components are already labelled (``labels``, ``sizes`` as from
+    ``skimage.measure.label`` and ``bincount`` with the background size set to 0)."""
+    out = np.zeros(lung.shape, np.uint8)
+    if sizes.max() == 0:
+        return out
+    xs = np.arange(lung.shape[0], dtype=np.float64)
+    centroid_x = np.zeros(len(sizes))
+    for component in np.flatnonzero(sizes):  # a few components: per-column counts beat a weighted bincount
+        centroid_x[component] = xs @ (labels == component).sum(axis=1) / sizes[component]
+    order = np.argsort(sizes)[::-1]
+    if sizes[order[1]] > 0:  # two or more components
+        split = (centroid_x[order[0]] + centroid_x[order[1]]) / 2
+        image_left = (centroid_x < split)[labels] & lung
+    else:
+        columns = lung.sum(axis=1)
+        x0, x1 = np.flatnonzero(columns)[[0, -1]]
+        lo, hi = x0 + (x1 - x0) // 3, x1 - (x1 - x0) // 3
+        split = lo + int(np.argmin(columns[lo : hi + 1])) if hi > lo else (x0 + x1) // 2
+        image_left = lung & (np.arange(lung.shape[0])[:, None] < split)
+    right, left = (1, 2) if right_on_image_left else (2, 1)
+    out[lung & image_left] = right
+    out[lung & ~image_left] = left
+    return out
+
+
+def measure_lungs(
+    mask: np.ndarray,
+    pixel_spacing: tuple[float, float] | None = None,
+    right_on_image_left: bool = True,
+    lung_fraction_range: tuple[float, float] = (0.05, 0.6),
+    max_side_ratio: float = 2.5,
+) -> dict:
+    """Areas and quality flags of a 2D lung mask.
+
+    Args:
+        mask: ``(rows, columns)`` labels; non-zero is lung. Values 1/2 are taken as right/left lung when both occur,
+            else the sides are found with :func:`scripts.lungs.split_lung_sides`.
+        pixel_spacing: ``(row, column)`` mm; areas in cm^2 are ``None`` when unknown.
+        right_on_image_left: patient's right on the image's left (only used when the sides must be found).
+        lung_fraction_range: lung pixels / image pixels outside this range are flagged.
+        max_side_ratio: a larger ratio between the two lungs' areas is flagged.
+
+    Returns:
+        ``lung_area_px``, ``right_lung_area_px``, ``left_lung_area_px``, their ``_cm2`` versions, ``lung_fraction``,
+        ``components`` and ``quality_flags`` (list of: ``empty_mask``, ``not_two_components``, ``lung_fraction_low``,
+        ``lung_fraction_high``, ``right_left_imbalance``).
+    """
+    mask = np.asarray(mask)
+    image_pixels = mask.size
+    box = lung_box(mask)  # the components, the sides and the areas are those of the lungs' bounding box
+    if box is not None:
+        mask = mask[box]
+    lung = mask > 0
+    labels, sizes = lung_components(lung)
+    components = int(np.count_nonzero(sizes))
+    if np.any(mask == 1) and np.any(mask == 2) and mask.max() == 2:
+        sides = mask
+    else:  # the split works on MONAI's (x, y): transpose there and back
+        sides = split_labelled_lungs(lung.T, labels.T, sizes, right_on_image_left).T
+    area = int(lung.sum())
+    right, left = int((sides == 1).sum()), int((sides == 2).sum())
+    fraction = area / image_pixels if image_pixels else 0.0
+    flags = []
+    if area == 0:
+        flags.append("empty_mask")
+    if components != 2:
+        flags.append("not_two_components")
+    if area and fraction < lung_fraction_range[0]:
+        flags.append("lung_fraction_low")
+    if fraction > lung_fraction_range[1]:
+        flags.append("lung_fraction_high")
+    if right and left and max(right, left) / min(right, left) > max_side_ratio:
+        flags.append("right_left_imbalance")
+    cm2 = pixel_spacing[0] * pixel_spacing[1] / 100.0 if pixel_spacing else None
+    return {
+        "lung_area_px": area,
+        "lung_area_cm2": round(area * cm2, 2) if cm2 else None,
+        "right_lung_area_px": right,
+        "left_lung_area_px": left,
+        "right_lung_area_cm2": round(right * cm2, 2) if cm2 else None,
+        "left_lung_area_cm2": round(left * cm2, 2) if cm2 else None,
+        "lung_fraction": round(fraction, 4),
+        "components": components,
+        "quality_flags": flags,
+    }

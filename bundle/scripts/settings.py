@@ -1,0 +1,91 @@
+"""The settings the configs read: on/off switches as users type them, and the trained model's own settings.
+
+* :func:`is_on`, the one reader of every on/off option of every config. ``monai.bundle run ... --write_seg false``
+  passes the string ``"false"`` (Python's ``fire`` turns only ``False`` into a bool), which Python would take as
+  true; ``--write_seg 0`` arrives as the integer 0. Every config therefore reads its switches through it
+  (``"$scripts.settings.is_on(@write_seg)"``), never as Python truth values.
+* :func:`trained_settings`: the input size, padding crop and number of classes a model was trained with travel with
+  its weights, in ``model.json`` beside ``model.pt`` (written by training, :func:`write_model_settings`), so that
+  inference and evaluation run a model at the size it was trained at without being told. Weights without that file
+  get the recipe of ``configs/train.json``, the one place where its defaults are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .io.files import atomic_write
+
+__all__ = ["is_on", "ON_WORDS", "OFF_WORDS", "MODEL_SETTINGS", "trained_settings", "write_model_settings"]
+
+ON_WORDS = ("true", "yes", "on", "1")
+OFF_WORDS = ("false", "no", "off", "0")
+# the training recipe of this bundle, beside the scripts folder wherever the bundle is copied
+_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "train.json"
+# what a model needs at inference that its state dict does not say
+MODEL_SETTINGS = ("image_size", "crop_padding", "num_classes")
+
+
+def is_on(value: bool | int | str | None) -> bool:
+    """Whether a switch is on: ``True``/``False``, ``1``/``0``, or one of the words ``true/false``, ``yes/no``,
+    ``on/off``, ``1/0`` in any case (surrounding spaces ignored).
+
+    Raises:
+        ValueError: anything else (a typo such as ``"flase"`` must not silently mean off), naming the accepted words.
+    """
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ON_WORDS:
+        return True
+    if word in OFF_WORDS:
+        return False
+    raise ValueError(
+        f"{value!r} is not an on/off value: use one of {', '.join(ON_WORDS)} (on) or {', '.join(OFF_WORDS)} (off), "
+        "in any case"
+    )
+
+
+def settings_file(weights: str) -> str:
+    """The file of a model's settings: ``models/model.pt`` -> ``models/model.json`` (also for ``model.ts``)."""
+    return os.path.splitext(str(weights))[0] + ".json"
+
+
+def write_model_settings(weights: str, settings: dict) -> str:
+    """Write the settings the model in ``weights`` was trained with (:data:`MODEL_SETTINGS`), atomically, beside it."""
+    values = {key: settings[key] for key in MODEL_SETTINGS}
+    values["crop_padding"] = is_on(values["crop_padding"])
+    text = json.dumps(values, indent=4) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return atomic_write(settings_file(weights), write)
+
+
+def trained_settings(weights: str) -> dict:
+    """The settings of the model in ``weights``: from its ``model.json`` when training wrote one, else the recipe's
+    defaults from this bundle's ``configs/train.json`` (weights trained elsewhere, or before the bundle wrote the
+    file).
+
+    Args:
+        weights: the weights file (``--ckpt_path``).
+
+    Returns:
+        ``{"image_size": [x, y], "crop_padding": bool, "num_classes": int}``.
+    """
+    path = settings_file(weights)
+    source = path if os.path.isfile(path) else str(_RECIPE)
+    with open(source) as f:
+        found = json.load(f)
+    missing = [key for key in MODEL_SETTINGS if key not in found]
+    if missing:
+        raise ValueError(f"{source} does not say the model's {', '.join(missing)}")
+    return {
+        "image_size": list(found["image_size"]),
+        "crop_padding": is_on(found["crop_padding"]),
+        "num_classes": int(found["num_classes"]),
+    }
