@@ -61,7 +61,7 @@ def training_input_settings(train_configs: list[str], overrides: list[str]) -> l
     parser = ConfigParser()
     parser.read_config([os.path.join(BUNDLE, f) for f in train_configs])
     settings = {key: parser[key] for key in SHARED_WITH_EVALUATION}
-    for flag, value in zip(overrides, overrides[1:]):
+    for flag, value in zip(overrides, overrides[1:], strict=False):
         if flag.lstrip("-") in SHARED_WITH_EVALUATION:
             settings[flag.lstrip("-")] = json.loads(value)
     return [arg for key, value in settings.items() for arg in (f"--{key}", json.dumps(value))]

@@ -30,7 +30,7 @@ def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_pat
         sorted(held_out[0] + held_out[1]) == sorted({*held_out[0], *held_out[1]})
         and len(held_out[0] + held_out[1]) == 6
     )
-    for fold, cases in zip(folds, held_out):
+    for fold, cases in zip(folds, held_out, strict=True):
         # each fold's datalist offers all of the other folds' cases for training ...
         assert sorted(c["image"] for c in fold["training"]) == sorted(set(held_out[0] + held_out[1]) - set(cases))
     for f in range(2):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_masks, run_bundle
+from conftest import dice, read_masks, run_bundle
 
 # not a multiple of 32, so the traced ONNX graph keeps the network's pad-to-32 step for every input size
 ONNX_TRACE_SHAPE = "[2,1,250,234]"
@@ -125,8 +125,8 @@ def test_inference_runs_exported_models_like_eager(real_exports, real_sample, tm
         exported = read_masks(tmp_path / kind)
         assert exported.keys() == eager.keys()
         for name, mask in eager.items():
-            dice = 2 * (mask & exported[name]).sum() / (mask.sum() + exported[name].sum())
-            assert dice >= 0.999, f"{kind} {name}: Dice {dice:.5f} against the eager mask"
+            score = dice(mask, exported[name])
+            assert score >= 0.999, f"{kind} {name}: Dice {score:.5f} against the eager mask"
         report = json.loads((tmp_path / kind / "report.json").read_text())
         assert str(exports[kind].name) in json.dumps(report), "the report does not name the exported weights"
 

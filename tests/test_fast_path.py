@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_masks, run_bundle
+from conftest import dice, read_masks, run_bundle
 
 
 def test_auto_precision_follows_the_device():
@@ -25,7 +25,7 @@ def test_fast_network_shares_weights_and_returns_fp32():
     torch.manual_seed(0)
     net = VGG16FCN().eval()
     fast = FastNetwork(net, "cpu", "bf16", channels_last=True)
-    assert all(a is b for a, b in zip(fast.network.parameters(), net.parameters()))
+    assert all(a is b for a, b in zip(fast.network.parameters(), net.parameters(), strict=True))
     x = torch.rand(2, 1, 100, 130)
     with torch.no_grad():
         out, reference = fast(x), FastNetwork(net, "cpu", "fp32", channels_last=False)(x)
@@ -54,5 +54,5 @@ def test_bf16_masks_match_fp32_masks_on_real_radiographs(real_trained_model, rea
     for name, reference in masks["fp32"].items():
         fast = masks["bf16"][name]
         assert reference.any() and not reference.all(), f"{name}: empty or full mask, nothing compared"
-        dice = 2 * (reference & fast).sum() / (reference.sum() + fast.sum())
-        assert dice >= 0.995, f"{name}: bf16 mask Dice {dice:.5f} against the fp32 mask"
+        score = dice(reference, fast)
+        assert score >= 0.995, f"{name}: bf16 mask Dice {score:.5f} against the fp32 mask"

@@ -309,7 +309,7 @@ def test_a_network_failure_loses_only_its_own_item(tmp_path):
 
     @evaluator.on(Events.ITERATION_COMPLETED)
     def _keep(engine):
-        for item, output in zip(engine.state.batch, engine.state.output):
+        for item, output in zip(engine.state.batch, engine.state.output, strict=True):
             seen[item["case_key"]] = output
 
     evaluator.run()

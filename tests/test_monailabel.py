@@ -52,6 +52,11 @@ needs_monailabel = pytest.mark.skipif(
 # a small HTTP client (the bundle's environment has no `requests`; MONAI Label's own client speaks the same protocol)
 
 
+def _quoted(text: str) -> str:
+    """A multipart header parameter's quoted value."""
+    return '"' + text + '"'
+
+
 class Server:
     """A MONAI Label server process started by ``monailabel/start_server.sh``, and calls to its REST API."""
 
@@ -88,11 +93,13 @@ class Server:
         boundary = uuid.uuid4().hex
         body = io.BytesIO()
         for name, value in fields.items():
-            body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+            body.write(
+                f"--{boundary}\r\nContent-Disposition: form-data; name={_quoted(name)}\r\n\r\n{value}\r\n".encode()
+            )
         for name, file in files.items():
             body.write(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{file.name}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n".encode()
+                f"--{boundary}\r\nContent-Disposition: form-data; name={_quoted(name)}; filename={_quoted(file.name)}"
+                "\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
             )
             body.write(file.read_bytes() + b"\r\n")
         body.write(f"--{boundary}--\r\n".encode())
@@ -249,9 +256,13 @@ def _bundle_copy(destination: Path, weights: Path | None) -> Path:
     """Copy ``bundle/`` as a user would, with the tiny model's weights and their settings (``model.json``), and the
     recipe (``train.json``, the one place it is written) set to the tiny model's 96x96 for the training MONAI Label
     starts."""
-    shutil.copytree(
-        BUNDLE, destination, ignore=shutil.ignore_patterns("eval", "data", "cache", "outputs", "models", "__pycache__")
-    )
+    generated = {"eval", "data", "cache", "outputs", "models"}  # what runs write at the bundle's top level
+
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        top = generated if Path(folder) == BUNDLE else set()
+        return {n for n in names if n in top or n == "__pycache__"}
+
+    shutil.copytree(BUNDLE, destination, ignore=ignored)
     (destination / "models").mkdir()
     if weights is not None:
         shutil.copy(weights, destination / "models" / "model.pt")

@@ -59,7 +59,9 @@ def test_local_pretrained_file_round_trip(tmp_path, layout):
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
     loaded = VGG16FCN(pretrained=str(path))
-    for (name, expected), actual in zip(source.features.state_dict().items(), loaded.backbone.state_dict().values()):
+    for (name, expected), actual in zip(
+        source.features.state_dict().items(), loaded.backbone.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(actual, expected, msg=name)
 
 

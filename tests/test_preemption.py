@@ -47,10 +47,10 @@ def wait_for(proc: subprocess.Popen, log_file: Path, pattern: str, timeout: floa
             return
         if proc.poll() is not None:
             log = log_file.read_text()[-4000:]
-            raise AssertionError(f"training exited ({proc.returncode}) before '{pattern}':\n{log}")
+            raise AssertionError(f"training exited ({proc.returncode}) before {pattern!r}:\n{log}")
         time.sleep(0.02)
     proc.kill()
-    raise AssertionError(f"'{pattern}' not seen in {timeout} s:\n{log_file.read_text()[-4000:]}")
+    raise AssertionError(f"{pattern!r} not seen in {timeout} s:\n{log_file.read_text()[-4000:]}")
 
 
 def val_dice(log: str) -> dict[int, float]:
@@ -96,7 +96,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert "Engine run finished" in resumed
 
     # the killed run's checkpoint went through the rotation: nothing stale is left behind
-    assert sorted(p.name for p in models.iterdir()) == [f"checkpoint_epoch={EPOCHS}.pt", "model.pt"]
+    assert sorted(p.name for p in models.iterdir()) == [f"checkpoint_epoch={EPOCHS}.pt", "model.json", "model.pt"]
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True))
     final = torch.load(models / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * ITERATIONS
@@ -170,7 +170,7 @@ def test_failed_save_keeps_previous_files(tmp_path):
     saver({"model": {"weight": torch.ones(3)}}, "checkpoint_epoch=1.pt")
     # ignite asks to remove the file being replaced BEFORE it saves the new one; the removal must wait for success
     saver.remove("checkpoint_epoch=1.pt")
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # as torch.save reports an unpicklable object
         saver({"model": _FailsToPickle().state_dict()}, "checkpoint_epoch=2.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
     assert torch.equal(
@@ -184,7 +184,7 @@ def test_failed_save_keeps_previous_files(tmp_path):
     fixed = AtomicDiskSaver(str(tmp_path), filename="model.pt")
     fixed({"weight": torch.ones(2)}, "model_key_metric=0.5.pt")
     fixed.remove("model_key_metric=0.5.pt")
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # as torch.save reports an unpicklable object
         fixed(_FailsToPickle().state_dict(), "model_key_metric=0.6.pt")
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.ones(2))
 

@@ -37,7 +37,7 @@ def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     ``generate_spatial_bounding_box``); ``None`` for an empty mask. Component work on a full-size radiograph only needs
     this box: a third to a half of the pixels."""
     start, end = generate_spatial_bounding_box(mask[None], lambda m: m > 0, margin=margin, allow_smaller=True)
-    return tuple(slice(a, b) for a, b in zip(start, end)) if any(end) else None
+    return tuple(slice(a, b) for a, b in zip(start, end, strict=True)) if any(end) else None
 
 
 def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:

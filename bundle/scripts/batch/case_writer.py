@@ -105,7 +105,7 @@ class CaseWriter:
         engine.add_event_handler(Events.COMPLETED, self.wait)
 
     def __call__(self, engine: Engine) -> None:
-        cases = list(zip(engine.state.batch, engine.state.output))
+        cases = list(zip(engine.state.batch, engine.state.output, strict=True))
         if not self.write_threads:
             self._write_cases(cases)
             return

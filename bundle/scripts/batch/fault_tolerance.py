@@ -169,7 +169,7 @@ class FaultTolerantEvaluator(SupervisedEvaluator):
     def _register_postprocessing(self, posttrans: Callable) -> None:
         @self.on(IterationEvents.MODEL_COMPLETED)
         def _run_postprocessing(engine: FaultTolerantEvaluator) -> None:
-            for i, (b, o) in enumerate(zip(engine.state.batch, engine.state.output)):
+            for i, (b, o) in enumerate(zip(engine.state.batch, engine.state.output, strict=True)):
                 if ERROR_KEY in o:
                     continue
                 try:

@@ -56,4 +56,4 @@ def make_dataset(
         return PersistentDataset(data=data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
     if dataset_type == "plain":
         return Dataset(data=data, transform=transform)
-    raise ValueError(f"unknown dataset_type '{dataset_type}'; use one of {', '.join(DATASET_TYPES)}.")
+    raise ValueError(f"unknown dataset_type {dataset_type!r}; use one of {', '.join(DATASET_TYPES)}.")

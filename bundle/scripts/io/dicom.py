@@ -302,6 +302,11 @@ def _raw_text(ds: Dataset, keyword: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _shown(ds: Dataset, keyword: str) -> str:
+    """The stored value of an element in quotes, as messages show it (``'abc'``; DICOM's backslash kept single)."""
+    return "'" + _raw_text(ds, keyword) + "'"
+
+
 def numbers(ds: Dataset, keyword: str) -> list[float] | None:
     """The numeric values of an element, ``None`` when it is absent or empty.
 
@@ -313,7 +318,7 @@ def numbers(ds: Dataset, keyword: str) -> list[float] | None:
     try:
         value = ds.get(keyword)
     except Exception as exc:
-        raise InputError(f"{keyword} '{_raw_text(ds, keyword)}' is not a number") from exc
+        raise InputError(f"{keyword} {_shown(ds, keyword)} is not a number") from exc
     if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
         return None
     if isinstance(value, (str, bytes)):
@@ -322,7 +327,7 @@ def numbers(ds: Dataset, keyword: str) -> list[float] | None:
     try:
         return [float(v) for v in values]
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{keyword} '{_raw_text(ds, keyword)}' is not a number") from exc
+        raise InputError(f"{keyword} {_shown(ds, keyword)} is not a number") from exc
 
 
 def _magnification(ds: Dataset) -> tuple[float | None, str]:
@@ -334,8 +339,8 @@ def _magnification(ds: Dataset) -> tuple[float | None, str]:
     if values is None:
         return None, "no EstimatedRadiographicMagnificationFactor"
     if len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
-        text = _raw_text(ds, "EstimatedRadiographicMagnificationFactor")
-        return None, f"EstimatedRadiographicMagnificationFactor '{text}' ignored"
+        keyword = "EstimatedRadiographicMagnificationFactor"
+        return None, f"{keyword} {_shown(ds, keyword)} ignored"
     return values[0], ""
 
 
@@ -361,7 +366,7 @@ def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
         if values is None:
             continue
         if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-            ignored.append(f"{keyword} '{_raw_text(ds, keyword)}' is not two positive numbers")
+            ignored.append(f"{keyword} {_shown(ds, keyword)} is not two positive numbers")
             continue
         spacing, source = (values[0], values[1]), keyword
         if keyword == "ImagerPixelSpacing":
@@ -395,7 +400,7 @@ def number_of_frames(ds: Dataset) -> tuple[int, str]:
     if not values:
         return 1, ""
     if len(values) != 1 or not math.isfinite(values[0]) or values[0] < 1 or values[0] != int(values[0]):
-        return 1, f"NumberOfFrames '{_raw_text(ds, 'NumberOfFrames')}' read as 1 frame"
+        return 1, f"NumberOfFrames {_shown(ds, 'NumberOfFrames')} read as 1 frame"
     return int(values[0]), ""
 
 
@@ -421,7 +426,7 @@ def check_pixel_geometry(ds: Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> Non
     """
     rows, columns = _whole_number(ds, "Rows"), _whole_number(ds, "Columns")
     if rows is None or columns is None:
-        raise InputError(f"Rows '{_raw_text(ds, 'Rows')}' x Columns '{_raw_text(ds, 'Columns')}' is not an image size")
+        raise InputError(f"Rows {_shown(ds, 'Rows')} x Columns {_shown(ds, 'Columns')} is not an image size")
     check_image_size(rows, columns, max_pixels, "the image (Rows x Columns)")
     syntax = pydicom.uid.UID(str(safe_get(getattr(ds, "file_meta", Dataset()), "TransferSyntaxUID", "") or ""))
     if syntax and not syntax.is_transfer_syntax:

@@ -218,7 +218,7 @@ def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_epoch=*.pt") -> 
     found = sorted(glob.glob(os.path.join(glob.escape(ckpt_dir), pattern)), key=os.path.getmtime)
     if not found:
         raise FileNotFoundError(
-            f"--resume true was given but {ckpt_dir} holds no '{pattern}' checkpoint to resume from; "
+            f"--resume true was given but {ckpt_dir} holds no {pattern!r} checkpoint to resume from; "
             "train without --resume first (a checkpoint is written after every epoch)."
         )
     return found[-1]
