@@ -304,13 +304,14 @@ def test_a_network_failure_loses_only_its_own_item(tmp_path):
     names = ("dark.png", "bright.png", "flipped.png")
     data = [{"image": str(tmp_path / n), "case_key": n} for n in names]
     loader = DataLoader(GuardedDataset(data, transform), batch_size=3, collate_fn=collate_skipping_failures)
-    evaluator = FaultTolerantEvaluator(device="cpu", val_data_loader=loader, network=RefusesBrightImages())
-    seen = {}
+    network = RefusesBrightImages()
+    evaluator = FaultTolerantEvaluator(device="cpu", val_data_loader=loader, network=network)
+    seen, images = {}, {}
 
     @evaluator.on(Events.ITERATION_COMPLETED)
     def _keep(engine):
         for item, output in zip(engine.state.batch, engine.state.output, strict=True):
-            seen[item["case_key"]] = output
+            seen[item["case_key"]], images[item["case_key"]] = output, item["image"]
 
     evaluator.run()
     assert sorted(seen) == sorted(names)
@@ -320,3 +321,5 @@ def test_a_network_failure_loses_only_its_own_item(tmp_path):
     }
     for name in ("dark.png", "flipped.png"):
         assert ERROR_KEY not in seen[name] and tuple(seen[name]["pred"].shape[-3:]) == (2, *image.T.shape)
+        with torch.no_grad():  # each prediction is its own image's, not another item's of the batch
+            torch.testing.assert_close(seen[name]["pred"].as_tensor(), network.conv(images[name][None]).as_tensor()[0])

@@ -207,7 +207,9 @@ class FaultTolerantEvaluator(SupervisedEvaluator):
         batch, output = [], []
         for item in decollate_batch(batchdata, detach=False):
             try:
-                output += list(super()._iteration(engine, list_data_collate([item])))
+                # MONAI's iteration decollates engine.state.batch, not its argument: both must be this item's batch
+                engine.state.batch = list_data_collate([item])
+                output += list(super()._iteration(engine, engine.state.batch))
                 batch += list(engine.state.batch)
             except BaseException as exc:
                 if not is_input_failure(exc):
