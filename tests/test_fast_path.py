@@ -34,6 +34,31 @@ def test_fast_network_shares_weights_and_returns_fp32():
     assert not torch.equal(out, reference) and torch.allclose(out, reference, atol=0.1, rtol=0.05)
 
 
+def test_inference_casts_the_weights_once_with_the_outputs_of_plain_autocast():
+    from scripts.acceleration import FastNetwork
+    from scripts.network import VGG16FCN
+
+    torch.manual_seed(0)
+    net = VGG16FCN().eval()
+    fast = FastNetwork(net, "cpu", "bf16", channels_last=True)
+    x = torch.rand(2, 1, 64, 96)
+
+    def plain_autocast() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x.contiguous(memory_format=torch.channels_last)).float()
+
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain_autocast())
+        cast = fast._cast
+        fast(x)
+        assert fast._cast is cast  # unchanged weights: not cast again
+        net.classifier.weight.mul_(-1)  # weights changed in place (as an optimiser step or a checkpoint load does)
+        assert torch.equal(fast(x), plain_autocast()) and fast._cast is not cast
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training: autocast itself, so gradients reach the weights
+        fast(x).sum().backward()
+    assert net.classifier.weight.grad is not None
+
+
 @pytest.mark.slow
 def test_bf16_masks_match_fp32_masks_on_real_radiographs(real_trained_model, real_sample, tmp_path):
     # 3 Shenzhen (1000x1000 RGB) radiographs the model was not

@@ -100,7 +100,7 @@ def check_accounted_for(src: Path, out: Path, status: int) -> dict[str, dict]:
         assert row["status"] == "ok" or row["reason"].strip(), row
         assert "Traceback" not in row["reason"] and "\n" not in row["reason"], row
     assert status == (EXIT_INPUTS_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK)
-    listed = {r[c] for r in rows for c in ("mask_png", "mask_nifti", "seg_dicom", "overlay_png") if r[c]}
+    listed = {r[c] for r in rows for c in ("mask_png", "mask_nifti", "seg_dicom", "overlay") if r[c]}
     for path in out.rglob("*"):
         relative = str(path.relative_to(out))
         if path.is_file() and relative not in ("report.csv", "report.json") and not relative.startswith("records/"):
@@ -346,6 +346,6 @@ def test_faults_of_the_run_stop_it_with_a_message_and_nothing_half_written(model
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     # what a case had written when the fault came is removed; rows recorded before it are complete
     leftovers = [p for p in out.rglob("*") if p.is_file() and "records" not in p.parts]
-    recorded = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    listed = {r[c] for r in recorded for c in ("mask_png", "mask_nifti", "seg_dicom", "overlay_png") if r.get(c)}
+    recorded = [json.loads(line) for p in (out / "records").glob("*.jsonl") for line in p.read_text().splitlines()]
+    listed = {r[c] for r in recorded for c in ("mask_png", "mask_nifti", "seg_dicom", "overlay") if r.get(c)}
     assert {str(p.relative_to(out)) for p in leftovers} == listed

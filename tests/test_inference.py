@@ -170,7 +170,7 @@ def test_every_file_is_accounted_for_once(mixed_folder):
         else:
             assert row["status"] == "ok", row
             assert (mixed_folder["out"] / row["mask_png"]).is_file() and (
-                mixed_folder["out"] / row["overlay_png"]
+                mixed_folder["out"] / row["overlay"]
             ).is_file()
     summary = json.loads((mixed_folder["out"] / "report.json").read_text())["summary"]
     assert summary["failed"] == 3 and summary["exit_status"] == EXIT_INPUTS_FAILED
@@ -271,14 +271,15 @@ def test_output_names_are_safe_and_inside_the_output_folder(mixed_folder):
     assert not [p for p in outputs if p.name.startswith(".tmp-")]
     weird = mixed_folder["report"]["png/we ird ü (1).png"]["mask_png"]
     assert weird.startswith("png/we_ird_") and weird.endswith("_mask.png") and weird.isascii()
-    overlay = Image.open(out / mixed_folder["report"]["pa_portrait.dcm"]["overlay_png"])
+    overlay = Image.open(out / mixed_folder["report"]["pa_portrait.dcm"]["overlay"])
     rows, columns = mixed_folder["portrait"][0].shape
     assert overlay.mode == "RGB" and overlay.size == (round(columns * 256 / rows), 256)
 
 
-def finished_records(out: Path) -> list[Path]:
-    """Records a run has finished: pathlib's glob also matches the ``.tmp-*.json`` files being written."""
-    return [p for p in (out / "records").glob("*.json") if not p.name.startswith(".")]
+def finished_records(out: Path) -> list[dict]:
+    """The rows a run has recorded: the complete lines of its ``records/*.jsonl`` files."""
+    lines = [line for p in (out / "records").glob("*.jsonl") for line in p.read_text().splitlines(keepends=True)]
+    return [json.loads(line) for line in lines if line.endswith("\n")]
 
 
 def test_interrupted_run_resumes_without_losing_or_duplicating(model_args, tmp_path):

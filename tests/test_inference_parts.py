@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, CropForegroundd, FillHolesd, LoadImaged
+from monai.transforms import Compose, CropForegroundd, FillHolesd, KeepLargestConnectedComponentd, LoadImaged
 from PIL import Image
 
 from scripts.batch.fault_tolerance import ERROR_KEY, FAILED_KEY, STATUS_KEY, GuardedDataset, collate_skipping_failures
@@ -21,7 +21,7 @@ from scripts.io.files import atomic_write
 from scripts.io.reader import RadiographReader
 from scripts.lungs import measure_lungs, patient_right_on_image_left, split_lung_sides
 from scripts.transforms.image import padding_crop_selector
-from scripts.transforms.postprocess import DropSmallComponentsd, FillEnclosedHolesd, LabelLungSidesd
+from scripts.transforms.postprocess import KeepLungComponentsd, LabelLungSidesd
 
 
 def test_every_file_is_classified_with_a_reason(tmp_path):
@@ -162,16 +162,21 @@ def test_label_lung_sides_transform_reads_the_patient_orientation():
     assert out.shape == mask.shape and out[0, 20, 50] == 2 and out[0, 70, 50] == 1
 
 
-def test_drop_small_components_is_relative_to_the_largest():
+def test_keep_lung_components_drops_small_components_relative_to_the_largest():
     mask = two_lungs()
     mask[110:114, 90:94] = 1  # 16 pixels: below 10% of the largest lung
-    out = DropSmallComponentsd("pred", min_fraction=0.1)({"pred": torch.as_tensor(mask[None], dtype=torch.float32)})
+    keep = KeepLungComponentsd("pred", num_components=3, min_fraction=0.1)
+    out = keep({"pred": torch.as_tensor(mask[None], dtype=torch.float32)})
     np.testing.assert_array_equal(out["pred"][0].numpy(), two_lungs())
+    kept = KeepLungComponentsd("pred", num_components=3)({"pred": torch.as_tensor(mask[None], dtype=torch.float32)})
+    np.testing.assert_array_equal(kept["pred"][0].numpy(), mask)  # no fraction: all three stay
 
 
 @pytest.mark.parametrize("connectivity", [None, 1])
-def test_fill_enclosed_holes_gives_monai_fill_holes_result(tmp_path, connectivity):
-    """Lung-like masks with holes of every kind: enclosed, touching the edge, diagonal leaks, a hole in a hole."""
+def test_keep_lung_components_gives_monai_keep_largest_and_fill_holes_result(tmp_path, connectivity):
+    """Lung-like masks with holes of every kind (enclosed, touching the edge, diagonal leaks, a hole in a hole) and
+    noise components, and random masks full of ties between component sizes: the pixels of MONAI's
+    KeepLargestConnectedComponentd then FillHolesd."""
     rng = np.random.default_rng(0)
     lungs = np.zeros((300, 240), np.uint8)  # (rows, columns) as written
     lungs[30:270, 20:110] = 255
@@ -183,17 +188,29 @@ def test_fill_enclosed_holes_gives_monai_fill_holes_result(tmp_path, connectivit
     for step in range(41):
         lungs[210 + step, 70 + step] = 0  # ... along a one-pixel diagonal to the gap between the lungs
     lungs[rng.random(lungs.shape) < 0.01] = 0  # pepper
+    lungs[5:9, 5:9] = 255  # a small component in a corner
     Image.fromarray(lungs).save(tmp_path / "mask.png")
     masks = [np.asarray(Image.open(tmp_path / "mask.png")).T[None] > 0]
-    masks += [(rng.random((1, 40, 30)) < rng.uniform(0.3, 0.8)) for _ in range(50)]
-    for mask in masks:
-        pred = MetaTensor(torch.as_tensor(mask, dtype=torch.float32))
-        ours = FillEnclosedHolesd("pred", connectivity)({"pred": pred})["pred"]
-        monai = FillHolesd("pred", applied_labels=[1], connectivity=connectivity)({"pred": pred.clone()})["pred"]
-        assert isinstance(ours, MetaTensor) and ours.dtype == torch.float32
-        torch.testing.assert_close(ours.as_tensor(), monai.as_tensor(), rtol=0, atol=0)
+    masks += [(rng.random((1, 40, 30)) < rng.uniform(0.2, 0.8)) for _ in range(80)]
+    masks += [np.zeros((1, 20, 20), bool)]
+    for num_components in (1, 2, 3):
+        monai_chain = Compose(
+            [
+                KeepLargestConnectedComponentd(
+                    "pred", applied_labels=[1], num_components=num_components, connectivity=connectivity
+                ),
+                FillHolesd("pred", applied_labels=[1], connectivity=connectivity),
+            ]
+        )
+        ours = KeepLungComponentsd("pred", num_components=num_components, connectivity=connectivity)
+        for mask in masks:
+            pred = MetaTensor(torch.as_tensor(mask, dtype=torch.float32))
+            got = ours({"pred": pred})["pred"]
+            expected = monai_chain({"pred": pred.clone()})["pred"]
+            assert isinstance(got, MetaTensor) and got.dtype == torch.float32
+            torch.testing.assert_close(got.as_tensor(), expected.as_tensor().float(), rtol=0, atol=0)
     png = MetaTensor(torch.as_tensor(masks[0], dtype=torch.float32))
-    filled = FillEnclosedHolesd("pred", connectivity)({"pred": png})["pred"][0]  # (x, y) order
+    filled = KeepLungComponentsd("pred", num_components=2, connectivity=connectivity)({"pred": png})["pred"][0]
     assert filled[45, 65] == 1 and filled[220, 120] == 0  # the enclosed hole is filled, the one open to the edge not
     assert filled[65, 205] == (connectivity == 1)  # the diagonal leak is open only to 8-connected background
 

@@ -120,16 +120,16 @@ def parsed(names: list[str], overrides: dict, target: str):
 # (config set, option, the id that receives it, how to read the effect): a lowercase word typed on the command line
 # must switch the effect
 INFERENCE_EFFECTS = [
-    ("write_png", "handlers#0#write_png", None),
-    ("write_nifti", "handlers#0#write_nifti", None),
-    ("write_seg", "handlers#0#write_seg", None),
-    ("write_overlay", "handlers#0#write_overlay", None),
+    ("write_png", "case_outputs#write_png", None),
+    ("write_nifti", "case_outputs#write_nifti", None),
+    ("write_seg", "case_outputs#write_seg", None),
+    ("write_overlay", "case_outputs#write_overlay", None),
     (
         "write_overlay",
         "dataset#transform",
-        lambda t: "overlay_image" in repr([getattr(x, "keys", None) for x in flat(t)]),
+        lambda t: any(type(x).__name__ == "ReviewImaged" for x in flat(t)),
     ),
-    ("label_sides", "handlers#0#label_sides", None),
+    ("label_sides", "case_outputs#label_sides", None),
     ("label_sides", "postprocessing", lambda t: type(t.transforms[-1]).__name__ == "LabelLungSidesd"),
     ("overwrite", "run_report#overwrite", None),
     ("amp", "evaluator#amp", None),
@@ -223,7 +223,7 @@ def test_write_seg_false_writes_no_seg(model_args, tmp_path):
     written = sorted(p.name.split("_", 2)[-1] for p in (tmp_path / "out").glob("a_*"))
     assert written == ["mask.nii.gz", "mask.png"]
     row = json.loads((tmp_path / "out" / "report.json").read_text())["rows"][0]
-    assert row["seg_dicom"] is None and row["overlay_png"] is None and row["mask_nifti"]
+    assert row["seg_dicom"] is None and row["overlay"] is None and row["mask_nifti"]
     labels = {int(v) for v in np.unique(nibabel.load(tmp_path / "out" / row["mask_nifti"]).get_fdata())}
     assert labels <= {0, 1, 2} and 2 in labels  # sides labelled: right 1, left 2
     # a typo is an error that names the accepted words, not a silent "off"

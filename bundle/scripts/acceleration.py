@@ -13,6 +13,11 @@ buffer freed, up to 32 MiB. After the first few radiographs, the 10-40 MiB array
 pixels, float copies, resized tensors) come from the heap instead, where freed blocks fragment and resident memory
 creeps up with the number of files (measured: DataLoader workers grew from 0.15 to 0.45 GiB of private memory over 120
 files). A fixed threshold stops both: large buffers always go back to the system.
+
+:func:`cpu_share` and :func:`use_cpu_threads`: batch inference keeps the cores busy with DataLoader workers (decode,
+pre-processing) and writer processes (post-processing, files); the network's own thread pool gets what is left, so
+that the processes do not fight over the same cores (measured on 2 cores: 1 network thread beside 2 + 2 processes is
+15% faster end to end than PyTorch's default of one thread per core).
 """
 
 from __future__ import annotations
@@ -20,15 +25,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 
 import torch
 from torch import nn
 
-__all__ = ["FastNetwork", "cpu_supports_bf16", "resolve_precision", "return_large_buffers_to_os"]
+__all__ = [
+    "FastNetwork",
+    "cpu_share",
+    "cpu_supports_bf16",
+    "resolve_precision",
+    "return_large_buffers_to_os",
+    "use_cpu_threads",
+]
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the layers whose parameters autocast casts to its lower precision (its convolution and matrix product ops)
+_AUTOCAST_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
 def cpu_supports_bf16() -> bool:
@@ -91,20 +106,46 @@ class FastNetwork(nn.Module):
         if self.precision == "fp32":
             return self.network(x)
         with torch.autocast(self.device_type, dtype=_DTYPES[self.precision]):
-            out = self.network(x)
+            if torch.is_grad_enabled():
+                out = self.network(x)
+            else:  # inference: the weights autocast would cast at every call, cast once
+                out = torch.func.functional_call(self.network, self._cast_weights(), (x,), strict=False)
         return out.float()
+
+    def _cast_weights(self) -> dict[str, torch.Tensor]:
+        """The weights and biases of the network's convolutions and linear layers in the autocast dtype, kept until
+        any of them changes (a checkpoint loaded, an optimiser step).
+
+        Autocast casts exactly these (the inputs of its lower-precision ops) at every forward call, which for this
+        network's 18.6M parameters costs as much as the convolutions of a batch of one 128x128 image; the cast values
+        are the same, so the outputs are identical to plain autocast.
+        """
+        weights = {
+            f"{module_name}.{name}" if module_name else name: parameter
+            for module_name, module in self.network.named_modules()
+            if isinstance(module, _AUTOCAST_LAYERS)
+            for name, parameter in module.named_parameters(recurse=False)
+        }
+        versions = tuple((p.data_ptr(), p._version, p.device) for p in weights.values())
+        if getattr(self, "_cast_versions", None) != versions:
+            dtype = _DTYPES[self.precision]
+            self._cast = {name: p.detach().to(dtype) for name, p in weights.items()}
+            self._cast_versions = versions
+        return self._cast
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter, <malloc.h>
 
 
-def return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
+def return_large_buffers_to_os(threshold: int = 16 << 20) -> bool:
     """Make glibc allocate buffers of ``threshold`` bytes and more with ``mmap`` (returned on free), in this process
     and in the processes it forks later (DataLoader workers). A no-op, returning ``False``, where the C library is not
     glibc.
 
     Args:
-        threshold: size in bytes from which buffers are memory-mapped (default 1 MiB).
+        threshold: size in bytes from which buffers are memory-mapped (default 16 MiB, about a 2000x2500 radiograph
+            in float32: smaller buffers, allocated and freed for every image, are reused without the cost of fresh
+            pages; measured on 240 images, a 1 MiB threshold spent 9.4 s of system time, 16 MiB 3.6 s).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -116,3 +157,20 @@ def return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
     if not done:
         logger.debug("mallopt(M_MMAP_THRESHOLD) not available: memory may creep up over long runs")
     return done
+
+
+def cpu_share() -> int:
+    """The CPU cores this process may use: the cores it is allowed to run on (its affinity, which container limits
+    and ``taskset`` set), divided among the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def use_cpu_threads(threads: int) -> int:
+    """Give PyTorch's intra-op thread pool ``threads`` threads (at least 1) and return that number."""
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    return threads

@@ -1,5 +1,6 @@
-"""The lung geometry of a 2D mask, with NumPy, SciPy and scikit-image: connected components, the lungs' bounding box,
-hole filling, the patient's right and left lung, and the areas and quality flags of the run report.
+"""The lung geometry of a 2D mask, with NumPy and SciPy: connected components, the lungs' bounding box, the lungs
+kept from a thresholded prediction, hole filling, the patient's right and left lung, and the areas and quality flags
+of the run report.
 
 Arrays given as ``(x, y)`` are MONAI's layout (x along an image row); masks for :func:`measure_lungs` are
 ``(rows, columns)``, as DICOM and PIL store them. The MONAI transforms built on these are in
@@ -9,35 +10,42 @@ Arrays given as ``(x, y)`` are MONAI's layout (x along an image row); masks for 
 from __future__ import annotations
 
 import numpy as np
-from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
-from skimage.measure import label
 
 __all__ = [
     "lung_components",
     "lung_box",
     "fill_enclosed_holes",
+    "keep_lung_components",
     "patient_right_on_image_left",
     "split_lung_sides",
-    "split_labelled_lungs",
     "measure_lungs",
 ]
 
 
 def lung_components(mask: np.ndarray, connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of a boolean mask: ``(labels, sizes)`` with ``sizes[0]`` (background) set to 0."""
-    labels = label(mask, connectivity=connectivity or mask.ndim)
-    sizes = np.bincount(labels.ravel())
+    """Connected components of a boolean mask: ``(labels, sizes)`` with ``sizes[0]`` (background) set to 0.
+
+    Components are numbered in raster order (as scikit-image's ``label``), ``connectivity`` as scikit-image's: 1 for
+    edge neighbours, ``None`` or ``mask.ndim`` for every neighbour."""
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+    labels, count = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     return labels, sizes
 
 
 def lung_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of a mask's non-zero pixels, widened by ``margin`` within the array (MONAI's
-    ``generate_spatial_bounding_box``); ``None`` for an empty mask. Component work on a full-size radiograph only needs
-    this box: a third to a half of the pixels."""
-    start, end = generate_spatial_bounding_box(mask[None], lambda m: m > 0, margin=margin, allow_smaller=True)
-    return tuple(slice(a, b) for a, b in zip(start, end, strict=True)) if any(end) else None
+    """Slices of the bounding box of a mask's non-zero pixels, widened by ``margin`` within the array; ``None`` for an
+    empty mask. Component work on a full-size radiograph only needs this box: a third to a half of the pixels."""
+    mask = np.asarray(mask)
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if occupied.size == 0:
+            return None
+        box.append(slice(max(0, occupied[0] - margin), min(mask.shape[axis], occupied[-1] + 1 + margin)))
+    return tuple(box)
 
 
 def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
@@ -64,6 +72,50 @@ def fill_enclosed_holes(mask: np.ndarray, connectivity: int | None = None) -> np
     return filled
 
 
+def keep_lung_components(
+    mask: np.ndarray,
+    num_components: int = 2,
+    min_fraction: float = 0.0,
+    fill_holes: bool = True,
+    connectivity: int | None = None,
+) -> np.ndarray:
+    """The lungs of a boolean mask: its ``num_components`` largest components, without those smaller than
+    ``min_fraction`` of the largest, with their enclosed holes filled.
+
+    The same pixels as MONAI's ``KeepLargestConnectedComponent(num_components=...)`` (same ranking and ties), then
+    removing the small components, then MONAI's ``FillHoles``; computed with one labelling of the mask and one of
+    its background, both inside the mask's bounding box.
+
+    Args:
+        mask: boolean array (any number of dimensions).
+        num_components: components to keep, the largest first.
+        min_fraction: components with fewer pixels than this fraction of the largest one are removed.
+        fill_holes: fill the background regions the kept components enclose.
+        connectivity: pixel connectivity of the components and of the background (``None``: every neighbour).
+    """
+    mask = np.asarray(mask, bool)
+    box = lung_box(mask)
+    if box is None:
+        return mask.copy()
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+    labels, count = ndimage.label(mask[box], structure=structure)
+    if count <= num_components and min_fraction == 0:  # the usual case: every component stays
+        kept = mask
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        if count > num_components:  # as MONAI: rank by size, background counted as 0
+            keep = np.zeros(count + 1, bool)
+            keep[np.argsort(sizes)[::-1][:num_components]] = True
+        else:
+            keep = sizes > 0
+        if min_fraction > 0:
+            keep &= sizes >= min_fraction * sizes[keep].max()
+        kept = np.zeros(mask.shape, bool)
+        kept[box] = keep[labels]
+    return fill_enclosed_holes(kept, connectivity) if fill_holes else kept.copy()
+
+
 def patient_right_on_image_left(patient_orientation: str = "") -> bool:
     """Whether the patient's right is on the image's left, from DICOM Patient Orientation (``"L\\F"`` on a PA or AP
     radiograph displayed as usual). Unknown or missing orientation: assume the usual display (``True``)."""
@@ -83,36 +135,38 @@ def split_lung_sides(mask: np.ndarray, right_on_image_left: bool = True, connect
         right_on_image_left: patient's right on the image's left (PA/AP radiograph, usual display).
         connectivity: pixel connectivity for the components (``None``: 8-neighbours).
     """
-    lung = np.asarray(mask) > 0
-    return split_labelled_lungs(lung, *lung_components(lung, connectivity), right_on_image_left)
-
-
-def split_labelled_lungs(
-    lung: np.ndarray, labels: np.ndarray, sizes: np.ndarray, right_on_image_left: bool = True
-) -> np.ndarray:
-    """:func:`split_lung_sides` for a mask whose components are already labelled (``labels``, ``sizes`` as from
-    ``skimage.measure.label`` and ``bincount`` with the background size set to 0)."""
+    labels, sizes = lung_components(np.asarray(mask) > 0, connectivity)  # numbered in MONAI's (x, y) raster order
+    labels = labels.T  # (rows, columns): x is the column
+    lung = labels > 0
     out = np.zeros(lung.shape, np.uint8)
-    if sizes.max() == 0:
-        return out
-    xs = np.arange(lung.shape[0], dtype=np.float64)
-    centroid_x = np.zeros(len(sizes))
-    for component in np.flatnonzero(sizes):  # a few components: per-column counts beat a weighted bincount
-        centroid_x[component] = xs @ (labels == component).sum(axis=1) / sizes[component]
-    order = np.argsort(sizes)[::-1]
-    if sizes[order[1]] > 0:  # two or more components
-        split = (centroid_x[order[0]] + centroid_x[order[1]]) / 2
-        image_left = (centroid_x < split)[labels] & lung
-    else:
-        columns = lung.sum(axis=1)
-        x0, x1 = np.flatnonzero(columns)[[0, -1]]
-        lo, hi = x0 + (x1 - x0) // 3, x1 - (x1 - x0) // 3
-        split = lo + int(np.argmin(columns[lo : hi + 1])) if hi > lo else (x0 + x1) // 2
-        image_left = lung & (np.arange(lung.shape[0])[:, None] < split)
+    left_components, split = _image_left(lung, labels, sizes)
+    if left_components is None and split is None:
+        return out.T
+    image_left = left_components[labels] if left_components is not None else np.arange(lung.shape[1]) < split
     right, left = (1, 2) if right_on_image_left else (2, 1)
     out[lung & image_left] = right
     out[lung & ~image_left] = left
-    return out
+    return out.T
+
+
+def _image_left(lung: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+    """Which lung pixels are on the image's left, for a ``(rows, columns)`` mask and its components: either a lookup
+    table over component numbers (two or more components) or the dividing column (one component); ``(None, None)``
+    for an empty mask."""
+    if sizes.max() == 0:
+        return None, None
+    order = np.argsort(sizes)[::-1]
+    if sizes[order[1]] > 0:  # two or more components: by their centroids' column
+        centroid = np.zeros(len(sizes))
+        for component, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is not None:  # only the component's bounding box is read: the lungs are half the image each
+                columns = (labels[box] == component).sum(axis=0)
+                centroid[component] = np.arange(box[1].start, box[1].stop) @ columns / sizes[component]
+        return centroid < (centroid[order[0]] + centroid[order[1]]) / 2, None
+    columns = lung.sum(axis=0)
+    x0, x1 = np.flatnonzero(columns)[[0, -1]]
+    lo, hi = x0 + (x1 - x0) // 3, x1 - (x1 - x0) // 3
+    return None, (lo + int(np.argmin(columns[lo : hi + 1])) if hi > lo else (x0 + x1) // 2)
 
 
 def measure_lungs(
@@ -145,12 +199,17 @@ def measure_lungs(
     lung = mask > 0
     labels, sizes = lung_components(lung)
     components = int(np.count_nonzero(sizes))
-    if np.any(mask == 1) and np.any(mask == 2) and mask.max() == 2:
-        sides = mask
-    else:  # the split works on MONAI's (x, y): transpose there and back
-        sides = split_labelled_lungs(lung.T, labels.T, sizes, right_on_image_left).T
-    area = int(lung.sum())
-    right, left = int((sides == 1).sum()), int((sides == 2).sum())
+    area = int(sizes.sum())
+    if mask.max() == 2 and np.any(mask == 1):  # sides labelled already
+        right = int(np.count_nonzero(mask == 1))
+        left = int(np.count_nonzero(mask == 2))
+    else:
+        left_components, split = _image_left(lung, labels, sizes)
+        if left_components is not None:
+            on_image_left = int(sizes[left_components].sum())
+        else:
+            on_image_left = int(lung[:, :split].sum()) if split is not None else 0
+        right, left = (on_image_left, area - on_image_left) if right_on_image_left else (area - on_image_left, on_image_left)
     fraction = area / image_pixels if image_pixels else 0.0
     flags = []
     if area == 0:

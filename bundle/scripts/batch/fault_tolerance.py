@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
+import torch
 from monai.data import Dataset, decollate_batch, list_data_collate
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents, engine_apply_transform
@@ -41,6 +42,7 @@ __all__ = [
     "run_fault",
     "ERROR_KEY",
     "FAILED_KEY",
+    "RAGGED_KEY",
     "STATUS_KEY",
     "describe_error",
 ]
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 ERROR_KEY = "error"
 FAILED_KEY = "failed"
+RAGGED_KEY = "ragged"
 STATUS_KEY = "status"
 # errors that no other input would escape either: the output's file system is full or read-only, or the process may
 # not write files that large (ulimit -f)
@@ -66,6 +69,9 @@ class RunFault(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(f"Run stopped: {message}")
         self.message = message
+
+    def __reduce__(self):  # raised in a worker process, it comes back with its own message
+        return type(self), (self.message,)
 
 
 def run_fault(exc: BaseException, output_dir: str | None = None) -> RunFault | None:
@@ -141,9 +147,22 @@ def _cause(exc: BaseException | None, kind: type) -> BaseException | None:
 
 
 def collate_skipping_failures(items: Sequence[dict]) -> dict:
-    """Collate the items that loaded with MONAI's ``list_data_collate``; list the failed ones under ``failed``."""
-    good = [i for i in items if ERROR_KEY not in i]
+    """Collate the items that loaded with MONAI's ``list_data_collate``; list the failed ones under ``failed``.
+
+    Tensors that differ in shape from item to item (the review images, each at its image's own size) cannot be
+    stacked: they travel as one list per key under ``ragged``, and :class:`FaultTolerantEvaluator` gives each item its
+    own back after the network step.
+    """
+    good = [dict(i) for i in items if ERROR_KEY not in i]
+    ragged_keys = [
+        key
+        for key, value in (good[0].items() if good else ())
+        if isinstance(value, torch.Tensor) and len({tuple(getattr(i.get(key), "shape", ())) for i in good}) > 1
+    ]
+    ragged = {key: [i.pop(key, None) for i in good] for key in ragged_keys}
     batch = list_data_collate(good) if good else {}
+    if ragged:
+        batch[RAGGED_KEY] = ragged
     batch[FAILED_KEY] = [i for i in items if ERROR_KEY in i]
     return batch
 
@@ -186,6 +205,7 @@ class FaultTolerantEvaluator(SupervisedEvaluator):
 
     def _iteration(self, engine: FaultTolerantEvaluator, batchdata: dict) -> list[dict]:
         failed = list(batchdata.pop(FAILED_KEY, []))
+        ragged = batchdata.pop(RAGGED_KEY, {})
         if CommonKeys.IMAGE not in batchdata:  # every item of this batch failed to load: nothing for the network
             output, batch = [], []
         else:
@@ -199,6 +219,9 @@ class FaultTolerantEvaluator(SupervisedEvaluator):
                     raise
                 logger.warning("the network failed on a batch (%s): running its items one by one", describe_error(exc))
                 batch, output = self._one_by_one(engine, batchdata)
+        for key, values in ragged.items():  # the items keep their order through the network step
+            for item, value in zip(batch, values, strict=True):
+                item[key] = value
         engine.state.batch = batch + failed
         return output + [_failure(item) for item in failed]
 

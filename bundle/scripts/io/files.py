@@ -32,6 +32,8 @@ _MAGIC = (
 )
 # the name a file has while it is written (see atomic_write); what a killed process leaves behind starts with it
 TEMPORARY_PREFIX = ".tmp-"
+_UMASK = os.umask(0)  # read once (setting is the only way to read it) and put back at once
+os.umask(_UMASK)
 
 
 def image_stem(name: str) -> str:
@@ -98,6 +100,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600): give it the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,17 +1,15 @@
 """Post-processing of lung masks that MONAI lacks, as MONAI map transforms (geometry: :mod:`scripts.lungs`).
 
 The bundle's post-processing chain (``configs/inference.json``) is MONAI's ``Activationsd`` (softmax), ``Invertd``
-(back to the input's grid), ``AsDiscreted`` (argmax), ``KeepLargestConnectedComponentd`` (two largest lung
-components) and ``FillHolesd``, plus these:
+(back to the input's grid) and ``AsDiscreted`` (threshold), plus these:
 
 * :class:`InverseInterpolationd`: makes ``Invertd`` undo the ``Resized`` with bilinear interpolation of the
   probabilities instead of the resize's own "area" mode, which upsamples as nearest-neighbour and gives the mask
   staircase edges 10 pixels high on a 2500-pixel radiograph;
-* :class:`DropSmallComponentsd`: removes components smaller than a fraction of the largest one (a second "lung" of a
-  few pixels is noise, not a lung);
-* :class:`FillEnclosedHolesd`: MONAI's ``FillHolesd`` result for binary masks, computed with one labelling of the
-  background inside the mask's bounding box instead of a dilation from the border repeated until it converges
-  (several times faster on full-size radiographs, identical output);
+* :class:`KeepLungComponentsd`: MONAI's ``KeepLargestConnectedComponentd`` (the two largest components), the removal
+  of components smaller than a fraction of the largest one (a second "lung" of a few pixels is noise, not a lung) and
+  MONAI's ``FillHolesd``, with the same pixels, in one step over the mask's bounding box (several times faster on
+  full-size radiographs);
 * :class:`LabelLungSidesd`: labels the patient's right lung 1 and left lung 2 (optional).
 
 Arrays are MONAI's ``(C, x, y)``: axis 1 runs along an image row (x = column), axis 2 down the image (y = row).
@@ -29,9 +27,9 @@ from monai.transforms import MapTransform
 from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
-from ..lungs import fill_enclosed_holes, lung_components, patient_right_on_image_left, split_lung_sides
+from ..lungs import keep_lung_components, patient_right_on_image_left, split_lung_sides
 
-__all__ = ["InverseInterpolationd", "DropSmallComponentsd", "FillEnclosedHolesd", "LabelLungSidesd"]
+__all__ = ["InverseInterpolationd", "KeepLungComponentsd", "LabelLungSidesd"]
 
 
 class InverseInterpolationd(MapTransform):
@@ -71,60 +69,41 @@ class InverseInterpolationd(MapTransform):
         return d
 
 
-class DropSmallComponentsd(MapTransform):
-    """Remove foreground components smaller than ``min_fraction`` of the largest component.
+class KeepLungComponentsd(MapTransform):
+    """Keep the lungs of a thresholded mask: MONAI's ``KeepLargestConnectedComponentd(applied_labels=[1])``, then the
+    removal of components smaller than a fraction of the largest, then MONAI's ``FillHolesd``, in one step.
+
+    The pixels are those of the three steps (:func:`scripts.lungs.keep_lung_components`); one labelling of the mask and
+    one of its background, inside the mask's bounding box, replace MONAI's labelling of the whole image and its hole
+    filling by repeated dilation from the border: on a full-size radiograph, 2-3 times faster than MONAI's two
+    transforms alone.
 
     Args:
-        keys: keys of channel-first label maps (``(1, x, y)``; every non-zero value is foreground).
-        min_fraction: components with fewer pixels than ``min_fraction`` times the largest one are set to 0.
-        connectivity: pixel connectivity (1: 4-neighbours, 2 or ``None``: 8-neighbours, as MONAI's default).
+        keys: keys of channel-first binary masks (``(1, x, y)``; every non-zero value is foreground).
+        num_components: components to keep, the largest first.
+        min_fraction: components with fewer pixels than this fraction of the largest one are removed (0: none).
+        fill_holes: fill the background regions the kept components enclose.
+        connectivity: pixel connectivity (1: 4-neighbours; 2 or ``None``: 8-neighbours, MONAI's default).
         allow_missing_keys: don't raise when a key is absent.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
-        min_fraction: float = 0.1,
+        num_components: int = 2,
+        min_fraction: float = 0.0,
+        fill_holes: bool = True,
         connectivity: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be at least 1, got {num_components}.")
         if not 0 <= min_fraction <= 1:
             raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}.")
+        self.num_components = int(num_components)
         self.min_fraction = min_fraction
-        self.connectivity = connectivity
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        if self.min_fraction == 0:  # nothing is smaller than 0 times the largest: skip the labelling
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            arr = convert_to_numpy(img)
-            keep = np.zeros(arr.shape, bool)
-            for c in range(arr.shape[0]):
-                labels, sizes = lung_components(arr[c] > 0, self.connectivity)
-                if sizes.max() > 0:
-                    keep[c] = (sizes >= self.min_fraction * sizes.max())[labels] & (labels > 0)
-            d[key] = img * convert_to_dst_type(keep, dst=img, dtype=img.dtype)[0]
-        return d
-
-
-class FillEnclosedHolesd(MapTransform):
-    """Fill holes in binary masks: MONAI's ``FillHolesd(applied_labels=[1])`` output, several times faster.
-
-    MONAI grows the background in from the border with a binary dilation repeated until nothing changes, which on a
-    2500x2000 mask takes hundreds of passes; labelling the background once (:func:`fill_enclosed_holes`) gives the
-    same pixels.
-
-    Args:
-        keys: keys of channel-first binary masks (``(1, x, y)``; every non-zero value is foreground).
-        connectivity: background connectivity (1: 4-neighbours; 2 or ``None``: 8-neighbours, MONAI's default).
-        allow_missing_keys: don't raise when a key is absent.
-    """
-
-    def __init__(self, keys: KeysCollection, connectivity: int | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
+        self.fill_holes = fill_holes
         self.connectivity = connectivity
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -132,8 +111,15 @@ class FillEnclosedHolesd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             arr = convert_to_numpy(img) > 0
-            filled = np.stack([fill_enclosed_holes(channel, self.connectivity) for channel in arr])
-            d[key] = convert_to_dst_type(filled, dst=img, dtype=img.dtype)[0]
+            lungs = np.stack(
+                [
+                    keep_lung_components(
+                        channel, self.num_components, self.min_fraction, self.fill_holes, self.connectivity
+                    )
+                    for channel in arr
+                ]
+            )
+            d[key] = convert_to_dst_type(lungs, dst=img, dtype=img.dtype)[0]
         return d
 
 
