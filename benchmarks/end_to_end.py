@@ -8,7 +8,8 @@ process (start-up included):
   time, argmax, resize back, save a PNG), the baseline;
 * ``bundle``: ``python -m monai.bundle run --config_file configs/inference.json`` with every default output (mask PNG,
   overlay, report);
-* ``bundle, no overlay``: the same with ``--write_overlay false``.
+* ``bundle, no overlay``: the same with ``--write_overlay false``;
+* ``bundle, RLE archive only``: every mask in one run-length-encoded archive, no PNG and no overlay.
 
 Then, in this process, the share of each stage of the bundle's time: one run of the same workflow with cProfile, data
 loading in the main process (``--num_workers 0``, ``--write_processes 0``) so every stage is on one thread, its time
@@ -18,17 +19,21 @@ below which nothing can go, measured separately on the same files: decode + netw
 ``--dicom N`` adds the DICOM-folder benchmark (N 2000x2500 12-bit DX files, all outputs, SEG included) against its
 own notebook loop (pydicom read, same loop).
 
-    python benchmarks/end_to_end.py [--files 240] [--long_side 1024] [--dicom 40] [--workdir DIR]
+    python benchmarks/end_to_end.py [--files 240] [--long_side 1024] [--dicom 40] [--ranks 2] [--weights PATH]
+        [--baseline_bundle DIR] [--workdir DIR]
 
-Weights: ``bundle/models/model.pt`` if present, else a randomly initialised network (speed does not depend on them).
+``--baseline_bundle DIR`` also times and profiles another checkout's ``bundle/`` (e.g. the version before a change)
+on the same folder; ``--ranks N`` adds a sharded run (torchrun, N processes).
+
+Weights: ``--weights model.pt``, else a randomly initialised network (speed does not depend on them; masks of
+random weights are noise, which costs post-processing more than real lungs do).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
+import json
 import os
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -78,17 +83,17 @@ STAGES = {
     "mask PNG": [("scripts/batch/writers.py", "write_mask_png")],
     "overlay": [("scripts/batch/writers.py", "write_overlay")],
     "DICOM SEG": [("scripts/batch/writers.py", "write_dicom_seg")],
-    "report (records and report files)": [
+    "report (records, report files, mask archive)": [
         ("scripts/batch/report.py", "record"),
         ("scripts/batch/report.py", "write"),
+        ("scripts/batch/report.py", "write_archive"),
     ],
 }
 
 
-def weights(workdir: Path) -> Path:
-    trained = BUNDLE / "models" / "model.pt"
-    if trained.is_file():
-        return trained
+def weights(workdir: Path, given: str | None) -> Path:
+    if given:
+        return Path(given).resolve()
     sys.path.insert(0, str(BUNDLE))
     from scripts.network import VGG16FCN
 
@@ -132,11 +137,11 @@ def dicom_folder(folder: Path, files: int) -> Path:
     return folder
 
 
-def timed(command: list[str], cwd: Path = BUNDLE) -> float:
+def timed(command: list[str], cwd: Path = BUNDLE, ok: tuple[int, ...] = (0, 3)) -> float:
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if proc.returncode not in (0, 3):
+    if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(command[:6])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return seconds
 
@@ -145,47 +150,65 @@ def notebook(src: Path, out: Path, model: Path) -> float:
     return timed([sys.executable, "-c", NOTEBOOK_LOOP, str(BUNDLE), str(src), str(out), str(model)])
 
 
-def bundle(src: Path, out: Path, model: Path, *extra: str) -> float:
+def bundle(src: Path, out: Path, model: Path, *extra: str, bundle_dir: Path = BUNDLE, ranks: int = 1) -> float:
+    """Seconds of the user's command (``ranks`` > 1: sharded with torchrun and configs/multi_gpu_inference.json)."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    return timed(command + ["--dataset_dir", str(src), "--output_dir", str(out), "--ckpt_path", str(model), *extra])
+    if ranks > 1:
+        configs = "['configs/inference.json','configs/multi_gpu_inference.json']"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+        command += ["-m", "monai.bundle", "run", "--config_file", configs]
+    args = ["--dataset_dir", str(src), "--output_dir", str(out), "--ckpt_path", str(model), *extra]
+    return timed(command + args, cwd=bundle_dir, ok=(0, 1, 3) if ranks > 1 else (0, 3))
 
 
-def stage_shares(src: Path, out: Path, model: Path) -> dict[str, float]:
-    """Seconds per stage of one bundle run in this process, every stage on one thread (cProfile, cumulative time)."""
-    sys.path.insert(0, str(BUNDLE))
-    from monai.bundle import run
+PROFILED_RUN = r"""
+import cProfile, json, pstats, sys, time
+bundle, src, out, model, stages = sys.argv[1:6]
+sys.path.insert(0, bundle)
+from monai.bundle import run
 
-    profile = cProfile.Profile()
-    start = time.perf_counter()
-    profile.enable()
-    try:
-        run(
-            config_file=str(BUNDLE / "configs" / "inference.json"),
-            meta_file=str(BUNDLE / "configs" / "metadata.json"),
-            logging_file=False,
-            bundle_root=str(BUNDLE),
-            dataset_dir=str(src),
-            output_dir=str(out),
-            ckpt_path=str(model),
-            num_workers=0,
-            write_processes=0,
-        )
-    except SystemExit:
-        pass
-    profile.disable()
-    total = time.perf_counter() - start
-    stats = pstats.Stats(profile).stats
-    shares = {}
-    for stage, functions in STAGES.items():
-        shares[stage] = sum(
-            cumulative
-            for (path, _, name), (_, _, _, cumulative, _) in stats.items()
-            if any(path.endswith(f) and name == n for f, n in functions)
-        )
+profile = cProfile.Profile()
+start = time.perf_counter()
+profile.enable()
+try:
+    run(config_file=bundle + "/configs/inference.json", meta_file=bundle + "/configs/metadata.json", logging_file=False,
+        bundle_root=bundle, dataset_dir=src, output_dir=out, ckpt_path=model, num_workers=0, write_processes=0,
+        write_threads=0)
+except SystemExit:
+    pass
+profile.disable()
+total = time.perf_counter() - start
+stats = pstats.Stats(profile).stats
+shares = {
+    stage: sum(c for (path, _, name), (_, _, _, c, _) in stats.items() if any(path.endswith(f) and name == n for f, n in functions))
+    for stage, functions in json.loads(stages).items()
+}
+print(json.dumps({**shares, "total": total}))
+"""
+
+
+def stage_shares(src: Path, out: Path, model: Path, bundle_dir: Path = BUNDLE) -> dict[str, float]:
+    """Seconds per stage of one run of the bundle in ``bundle_dir`` (in a process of its own), every stage on one
+    thread: data loading in the main process, outputs written in it (cProfile, cumulative time)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROFILED_RUN, str(bundle_dir), str(src), str(out), str(model), json.dumps(STAGES)],
+        cwd=bundle_dir,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise SystemExit(f"profiled run failed:\n{proc.stderr[-3000:]}")
+    shares = json.loads(proc.stdout.strip().splitlines()[-1])
     # the data loader's item includes the decode
     shares["pre-processing (scale, crop, resize, review image)"] -= shares["decode (read the file)"]
-    shares["total (profiled, one thread)"] = total
     return shares
+
+
+def print_shares(title: str, shares: dict[str, float]) -> None:
+    total = shares.pop("total")
+    print(f"stage shares of one run of {title} on one thread (cProfile, {total:.1f} s in all):")
+    for stage, seconds in shares.items():
+        print(f"  {stage:70s} {seconds:6.1f} s  {100 * seconds / total:5.1f} %")
 
 
 def limit(src: Path, model: Path) -> dict[str, float]:
@@ -225,28 +248,35 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=240)
     parser.add_argument("--long_side", type=int, default=1024)
     parser.add_argument("--dicom", type=int, default=0, help="also the DICOM-folder benchmark with this many files")
+    parser.add_argument("--ranks", type=int, default=0, help="also a sharded run with this many torchrun processes")
+    parser.add_argument("--baseline_bundle", default=None, help="also time and profile this (older) bundle folder")
+    parser.add_argument("--weights", default=None, help="model.pt to use (default: random weights)")
     parser.add_argument("--workdir", default=None)
     options = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(dir=options.workdir) as folder:
         root = Path(folder)
-        model = weights(root)
+        model = weights(root, options.weights)
         src = real_folder(root / "png", options.files, options.long_side)
         print(f"machine: {machine()}")
         print(f"folder: {options.files} real radiographs, long side {options.long_side} px (PNG)")
-        results = {
-            "notebook loop": notebook(src, root / "out_notebook", model),
-            "bundle, default outputs": bundle(src, root / "out_bundle", model),
-            "bundle, no overlay": bundle(src, root / "out_no_overlay", model, "--write_overlay", "false"),
-        }
+        results = {"notebook loop": notebook(src, root / "out_notebook", model)}
+        if options.baseline_bundle:
+            baseline_dir = Path(options.baseline_bundle).resolve()
+            results["baseline bundle, default"] = bundle(src, root / "out_base", model, bundle_dir=baseline_dir)
+        results["bundle, default outputs"] = bundle(src, root / "out_bundle", model)
+        results["bundle, no overlay"] = bundle(src, root / "out_no_overlay", model, "--write_overlay", "false")
+        results["bundle, RLE archive only"] = bundle(
+            src, root / "out_rle", model, "--write_png", "false", "--write_overlay", "false", "--write_rle", "true"
+        )
+        if options.ranks > 1:
+            results[f"bundle, {options.ranks} ranks"] = bundle(src, root / "out_ranks", model, ranks=options.ranks)
         baseline = results["notebook loop"]
         for name, seconds in results.items():
             print(f"  {name:26s} {seconds:7.1f} s  {options.files / seconds:6.1f} files/s  {baseline / seconds:5.2f}x")
-        shares = stage_shares(src, root / "out_profile", model)
-        total = shares.pop("total (profiled, one thread)")
-        print(f"stage shares of one bundle run on one thread (cProfile, {total:.1f} s in all):")
-        for stage, seconds in shares.items():
-            print(f"  {stage:70s} {seconds:6.1f} s  {100 * seconds / total:5.1f} %")
+        if options.baseline_bundle:
+            print_shares("the baseline bundle", stage_shares(src, root / "out_profile_base", model, baseline_dir))
+        print_shares("the bundle", stage_shares(src, root / "out_profile", model))
         bound = limit(src, model)
         print(
             f"limit: {sum(bound.values()):.1f} s on one thread ("
@@ -257,10 +287,11 @@ def main() -> None:
             dicoms = dicom_folder(root / "dicom", options.dicom)
             dicom_notebook = notebook(dicoms, root / "out_dicom_notebook", model)
             dicom_bundle = bundle(dicoms, root / "out_dicom_bundle", model)
-            print(
-                f"DICOM folder, {options.dicom} DX of 2000x2500: notebook loop {dicom_notebook:.1f} s, bundle (all "
-                f"outputs, SEG included) {dicom_bundle:.1f} s: {dicom_notebook / dicom_bundle:.2f}x"
-            )
+            line = f"DICOM folder, {options.dicom} DX of 2000x2500: notebook loop {dicom_notebook:.1f} s, "
+            if options.baseline_bundle:
+                dicom_base = bundle(dicoms, root / "out_dicom_base", model, bundle_dir=baseline_dir)
+                line += f"baseline bundle {dicom_base:.1f} s ({dicom_notebook / dicom_base:.2f}x), "
+            print(line + f"bundle (all outputs, SEG included) {dicom_bundle:.1f} s: {dicom_notebook / dicom_bundle:.2f}x")
 
 
 if __name__ == "__main__":

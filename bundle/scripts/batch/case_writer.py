@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import pickle
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,7 +33,7 @@ from ignite.engine import Engine, Events
 from ..io.errors import describe_error, is_input_failure
 from .case_outputs import CaseFailed, CaseOutputs
 from .fault_tolerance import ERROR_KEY, STATUS_KEY
-from .report import RunReport
+from .report import OUTPUT_COLUMNS, RunReport
 
 __all__ = ["CaseWriter"]
 
@@ -91,8 +93,8 @@ class CaseWriter:
                 continue
             if self._pool is None:
                 self._start()
-            item, output = _compact(item), _compact(output)
-            self._pending.append((key, self._pool.submit(_make_in_worker, item, output, kind), self._pool))
+            payload = pickle.dumps((_compact(item), _compact(output)), protocol=pickle.HIGHEST_PROTOCOL)
+            self._pending.append((key, self._pool.submit(_make_in_worker, payload, kind), self._pool))
             self._record_finished(block_above=4 * self.processes)
 
     def wait(self, engine: Engine | None = None) -> None:
@@ -110,10 +112,29 @@ class CaseWriter:
                 fields = {"status": "failed", "reason": "making the outputs: the worker process stopped unexpectedly"}
                 if pool is self._pool:
                     self._stop()
-            except BaseException:  # a fault of the run: the queued inputs are left for the re-run
-                self._stop(wait=False)
+            except BaseException:  # a fault of the run: record what the workers finished, leave the rest
+                self._record_after_fault()
                 raise
             self._record(key, fields)
+
+    def _record_after_fault(self) -> None:
+        """After a fault of the run: let the workers finish the inputs in hand (queued ones are cancelled), record
+        those that are complete, and remove the files of any whose row cannot be recorded, so that no output is left
+        without its row."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        while self._pending:
+            key, future, _ = self._pending.popleft()
+            if future.cancelled() or future.exception() is not None:
+                continue  # a failed input's own files are already removed (CaseOutputs)
+            fields = future.result()
+            try:
+                self._record(key, fields)
+            except BaseException:
+                for column in OUTPUT_COLUMNS:
+                    if fields.get(column):
+                        _remove(os.path.join(self.report.output_dir, fields[column]))
 
     def _record(self, key: str, fields: dict) -> None:
         if fields["status"] != "ok":
@@ -128,8 +149,10 @@ class CaseWriter:
 
     def _stop_and_raise(self, engine: Engine, exc: BaseException) -> None:
         # ignite hands an engine's exception to its EXCEPTION_RAISED handlers instead of raising it
-        self._stop(wait=False)
-        raise exc
+        try:
+            self._record_after_fault()
+        finally:
+            raise exc
 
     def _stop(self, engine: Engine | None = None, wait: bool = True) -> None:
         """Shut the worker processes down (the next item starts new ones)."""
@@ -140,7 +163,11 @@ class CaseWriter:
 
 def _compact(data: dict) -> dict:
     """``data`` with every tensor copied to the CPU on its own: an item of a decollated batch is a view of the batch's
-    tensors, and pickled for a worker a view carries its whole storage (the review images of all the batch)."""
+    tensors, and pickled for a worker a view carries its whole storage (the review images of all the batch).
+
+    The item is then pickled by the standard pickler, tensors inline, rather than by multiprocessing's, which torch
+    makes put every tensor into a shared-memory file: one file per tensor costs as much, and a full ``/dev/shm`` or a
+    file-size limit would fail items that are fine."""
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
 
@@ -150,7 +177,8 @@ def _start_worker(outputs: CaseOutputs) -> None:
     torch.set_num_threads(1)  # one core per process; a forked process must not start the parent's thread pool
 
 
-def _make_in_worker(item: dict, output: dict, kind: str) -> dict:
+def _make_in_worker(payload: bytes, kind: str) -> dict:
+    item, output = pickle.loads(payload)
     return _make(_WORKER_OUTPUTS, item, output, kind)
 
 
@@ -160,3 +188,10 @@ def _make(outputs: CaseOutputs, item: dict, output: dict, kind: str) -> dict:
         return outputs(item, output, kind)
     except CaseFailed as exc:
         return {"status": "failed", "reason": str(exc)}
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

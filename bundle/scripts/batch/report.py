@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..io.discovery import discover_inputs
 from ..io.files import atomic_write, remove_temporary_files
 from ..training.distributed import init_distributed
-from .fault_tolerance import RunFault
+from .fault_tolerance import RunFault, run_fault
 from .rle import ARCHIVE_NAME, write_mask_archive
 from .writers import output_stem
 
@@ -339,8 +339,9 @@ class RunReport:
         line = json.dumps(stored, default=str, separators=(",", ":"))
         try:
             self._append_record(line)
-        except OSError as exc:
-            raise RunFault(f"the run's records cannot be written in {self.records_dir} ({exc.strerror or exc})") from exc
+        except OSError as exc:  # the records are the run's own: any error writing them is a fault of the run
+            fault = run_fault(exc, self.records_dir)
+            raise fault or RunFault(f"cannot write in {self.records_dir}: {exc.strerror or exc}") from exc
         # the row as the report will hold it, whether it comes from this process or, merged, from a record
         self.rows[key] = _row_of(json.loads(line))
 
