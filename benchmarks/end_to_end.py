@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from common import BUNDLE, REAL_SAMPLE, machine
 
-NOTEBOOK_LOOP = r'''
+NOTEBOOK_LOOP = r"""
 import sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -69,7 +69,7 @@ for path in sorted(p for p in src.iterdir() if p.is_file()):
     logits = net(torch.from_numpy(x)[None, None].repeat(1, 3, 1, 1))
     mask = (logits.argmax(1)[0].numpy() * 255).astype(np.uint8)
     Image.fromarray(mask).resize((width, height), Image.NEAREST).save(out / (path.stem + "_mask.png"))
-'''
+"""
 
 # the functions whose cumulative time is each stage's (module path fragment, function name), in pipeline order
 STAGES = {
@@ -81,7 +81,7 @@ STAGES = {
     ],
     "measurements (areas, sides, flags)": [("scripts/lungs.py", "measure_lungs")],
     "mask PNG": [("scripts/batch/writers.py", "write_mask_png")],
-    "overlay": [("scripts/batch/writers.py", "write_overlay")],
+    "overlay": [("scripts/batch/writers.py", "write_overlay"), ("scripts/batch/writers.py", "write_overlay_png")],
     "DICOM SEG": [("scripts/batch/writers.py", "write_dicom_seg")],
     "report (records, report files, mask archive)": [
         ("scripts/batch/report.py", "record"),
@@ -179,10 +179,13 @@ except SystemExit:
 profile.disable()
 total = time.perf_counter() - start
 stats = pstats.Stats(profile).stats
-shares = {
-    stage: sum(c for (path, _, name), (_, _, _, c, _) in stats.items() if any(path.endswith(f) and name == n for f, n in functions))
-    for stage, functions in json.loads(stages).items()
-}
+shares = {}
+for stage, functions in json.loads(stages).items():
+    shares[stage] = sum(
+        cumulative
+        for (path, _, name), (_, _, _, cumulative, _) in stats.items()
+        if any(path.endswith(f) and name == n for f, n in functions)
+    )
 print(json.dumps({**shares, "total": total}))
 """
 
@@ -291,7 +294,9 @@ def main() -> None:
             if options.baseline_bundle:
                 dicom_base = bundle(dicoms, root / "out_dicom_base", model, bundle_dir=baseline_dir)
                 line += f"baseline bundle {dicom_base:.1f} s ({dicom_notebook / dicom_base:.2f}x), "
-            print(line + f"bundle (all outputs, SEG included) {dicom_bundle:.1f} s: {dicom_notebook / dicom_bundle:.2f}x")
+            print(
+                line + f"bundle (all outputs, SEG included) {dicom_bundle:.1f} s: {dicom_notebook / dicom_bundle:.2f}x"
+            )
 
 
 if __name__ == "__main__":

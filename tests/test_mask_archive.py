@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import run_bundle
 from PIL import Image
-from scripts.batch.rle import ARCHIVE_NAME, decode_mask, encode_mask, read_mask_archive, write_masks_as_png
+
 from scripts.batch.report import EXIT_OK
+from scripts.batch.rle import ARCHIVE_NAME, decode_mask, encode_mask, read_mask_archive, write_masks_as_png
 from scripts.data.synthetic import synthetic_case
 
 
@@ -75,7 +76,8 @@ def test_archive_decodes_to_the_mask_pngs_exactly(folder, model_args, tmp_path):
     # without PNGs: the archive alone, decoded to the same masks; a re-run reuses every row and keeps them all
     archive_only = tmp_path / "archive_only"
     args = ["run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder), "--output_dir",
-            str(archive_only), *model_args, "--write_rle", "true", "--write_png", "false", "--write_overlay", "false"]  # fmt: skip
+            str(archive_only), *model_args]  # fmt: skip
+    args += ["--write_rle", "true", "--write_png", "false", "--write_overlay", "false"]
     run_bundle(*args, expect=EXIT_OK)
     assert not list(archive_only.rglob("*_mask.png"))
     decoded = write_masks_as_png(str(archive_only / ARCHIVE_NAME), str(tmp_path / "decoded"))

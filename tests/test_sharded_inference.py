@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import BUNDLE, run, run_bundle
 from PIL import Image
+
 from scripts.batch.report import EXIT_INPUTS_FAILED, read_records
 from scripts.data.synthetic import synthetic_case
 
@@ -46,8 +47,20 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 
 def inference_args(src: Path, out: Path, model_args: list[str]) -> list[str]:
-    return ["-m", "monai.bundle", "run", "--config_file", SHARDED_CONFIGS, "--dataset_dir", str(src),
-            "--output_dir", str(out), *model_args, "--write_processes", "0"]  # fmt: skip
+    return [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        SHARDED_CONFIGS,
+        "--dataset_dir",
+        str(src),
+        "--output_dir",
+        str(out),
+        *model_args,
+        "--write_processes",
+        "0",
+    ]
 
 
 def free_port() -> int:
@@ -73,8 +86,17 @@ def assert_same_run(single: Path, sharded: Path) -> None:
 @pytest.fixture(scope="module")
 def single_run(folder, model_args, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "out"
-    run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder), "--output_dir",
-               str(out), *model_args, expect=EXIT_INPUTS_FAILED)  # fmt: skip
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(folder),
+        "--output_dir",
+        str(out),
+        *model_args,
+        expect=EXIT_INPUTS_FAILED,
+    )
     return out
 
 
@@ -95,8 +117,13 @@ def test_two_local_nodes_share_one_output_folder(folder, model_args, single_run,
     out, port = tmp_path / "out", free_port()
     nodes = [
         subprocess.Popen(
-            torchrun("--nnodes=2", f"--node_rank={rank}", f"--rdzv_endpoint=127.0.0.1:{port}",
-                     *inference_args(folder, out, model_args), nproc=1),  # fmt: skip
+            torchrun(
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                *inference_args(folder, out, model_args),
+                nproc=1,
+            ),
             cwd=BUNDLE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -147,8 +174,10 @@ def test_killed_rank_loses_nothing_and_the_rerun_finishes(folder, model_args, tm
     assert launcher.wait(timeout=120) != 0
     first = read_records(str(out / "records"))
     assert 2 <= len(first) < 22 and not (out / "report.csv").exists(), "the run was not interrupted half-way"
-    finished = {s[c]: (out / s[c]).stat().st_mtime_ns for s in first.values() if s["status"] == "ok" for c in
-                OUTPUT_COLUMNS if s.get(c)}  # fmt: skip
+    finished = {}
+    for stored in first.values():
+        if stored["status"] == "ok":
+            finished.update({stored[c]: (out / stored[c]).stat().st_mtime_ns for c in OUTPUT_COLUMNS if stored.get(c)})
 
     run(command, expect=1)
     rows = report_rows(out)
@@ -163,6 +192,15 @@ def test_killed_rank_loses_nothing_and_the_rerun_finishes(folder, model_args, tm
 
 
 def test_sharded_config_without_torchrun_says_how_to_launch(folder, model_args, tmp_path):
-    proc = run_bundle("run", "--config_file", SHARDED_CONFIGS, "--dataset_dir", str(folder), "--output_dir",
-                      str(tmp_path / "out"), *model_args, expect=None)  # fmt: skip
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        SHARDED_CONFIGS,
+        "--dataset_dir",
+        str(folder),
+        "--output_dir",
+        str(tmp_path / "out"),
+        *model_args,
+        expect=None,
+    )
     assert proc.returncode != 0 and "torchrun" in proc.stderr

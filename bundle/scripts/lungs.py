@@ -209,7 +209,8 @@ def measure_lungs(
             on_image_left = int(sizes[left_components].sum())
         else:
             on_image_left = int(lung[:, :split].sum()) if split is not None else 0
-        right, left = (on_image_left, area - on_image_left) if right_on_image_left else (area - on_image_left, on_image_left)
+        other_side = area - on_image_left
+        right, left = (on_image_left, other_side) if right_on_image_left else (other_side, on_image_left)
     fraction = area / image_pixels if image_pixels else 0.0
     flags = []
     if area == 0:

@@ -16,7 +16,6 @@ Two things are added so that the network is safe to use on real radiographs:
 from __future__ import annotations
 
 import contextlib
-
 import os
 from collections import OrderedDict
 

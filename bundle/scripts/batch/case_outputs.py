@@ -28,13 +28,13 @@ from .fault_tolerance import RunFault, run_fault
 from .rle import mask_runs
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay
 
-__all__ = ["CaseOutputs", "CaseFailed"]
+__all__ = ["CaseOutputs", "CaseOutputError"]
 
 logger = logging.getLogger(__name__)
 _LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"}
 
 
-class CaseFailed(Exception):
+class CaseOutputError(Exception):
     """One input's outputs could not be made; the message (``"<step>: <reason>"``) is its report row's reason."""
 
 
@@ -48,8 +48,8 @@ class CaseOutputs:
     * ``<name>_seg.dcm``: a DICOM Segmentation referencing the source image (DICOM inputs, ``write_seg``);
     * ``<name>_overlay.jpg``: the review image with the lung contour (``write_overlay``).
 
-    Any failure of one input raises :class:`CaseFailed` naming the step (``"writing the DICOM SEG: ..."``) after the
-    files already written for it are removed; a fault of the run (a full disk, an unwritable output folder, see
+    Any failure of one input raises :class:`CaseOutputError` naming the step (``"writing the DICOM SEG: ..."``) after
+    the files already written for it are removed; a fault of the run (a full disk, an unwritable output folder, see
     :func:`scripts.batch.fault_tolerance.run_fault`) raises :class:`~scripts.batch.fault_tolerance.RunFault`.
 
     Args:
@@ -119,13 +119,13 @@ class CaseOutputs:
             kind: the input's kind from discovery (``"dicom"`` gets a SEG).
 
         Raises:
-            CaseFailed: this input failed (the message names the step); nothing is left written for it.
+            CaseOutputError: this input failed (the message names the step); nothing is left written for it.
             RunFault: the run cannot go on.
         """
         written: list[str] = []
         try:
             return self._make(item, output, kind, written)
-        except (CaseFailed, RunFault):
+        except (CaseOutputError, RunFault):
             for path in written:  # no half-written case: a failed row lists no outputs, and none are left
                 if os.path.exists(path):
                     os.remove(path)
@@ -136,7 +136,7 @@ class CaseOutputs:
         """Name the step in the error of one input; let a fault of the run through (it stops the run)."""
         try:
             yield
-        except (CaseFailed, RunFault):
+        except (CaseOutputError, RunFault):
             raise
         except BaseException as exc:
             if not is_input_failure(exc):
@@ -144,7 +144,7 @@ class CaseOutputs:
             fault = run_fault(exc, self.output_dir)
             if fault is not None:
                 raise fault from exc
-            raise CaseFailed(f"{name}: {describe_error(exc)}") from exc
+            raise CaseOutputError(f"{name}: {describe_error(exc)}") from exc
 
     def _make(self, item: dict, output: dict, kind: str, written: list[str]) -> dict:
         if self.postprocessing is not None:
@@ -157,7 +157,8 @@ class CaseOutputs:
             expected = tuple(int(v) for v in np.asarray(meta["spatial_shape"]).ravel())
             if mask_xy.shape != expected:
                 raise ValueError(f"prediction of shape {mask_xy.shape} does not match the input's {expected}")
-            mask = mask_xy.T  # (rows, columns), as DICOM and PIL store images
+            mask = np.ascontiguousarray(mask_xy.T)  # (rows, columns), as DICOM and PIL store images; one copy here
+            # rather than a strided one in every writer
             spacing = tuple(float(v) for v in np.asarray(meta["pixel_spacing"]).ravel())
             spacing = spacing if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing) else None
         with self._step("reading the DICOM header"):  # as the reader passed it on: the file is not read again

@@ -31,7 +31,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..io.errors import describe_error, is_input_failure
-from .case_outputs import CaseFailed, CaseOutputs
+from .case_outputs import CaseOutputError, CaseOutputs
 from .fault_tolerance import ERROR_KEY, STATUS_KEY
 from .report import OUTPUT_COLUMNS, RunReport
 
@@ -83,8 +83,8 @@ class CaseWriter:
         for item, output in zip(engine.state.batch, engine.state.output, strict=True):
             key = item["case_key"]
             if ERROR_KEY in output:
-                reason = output[ERROR_KEY]
-                self.report.record(key, self.report.base_row(key, status=output.get(STATUS_KEY, "failed"), reason=reason))
+                row = self.report.base_row(key, status=output.get(STATUS_KEY, "failed"), reason=output[ERROR_KEY])
+                self.report.record(key, row)
                 continue
             kind = self.report.entry(key)["kind"]
             output = {self.pred_key: output[self.pred_key]}
@@ -131,7 +131,7 @@ class CaseWriter:
             fields = future.result()
             try:
                 self._record(key, fields)
-            except BaseException:
+            except Exception:  # the disk is full, say: its files must not stay without their row
                 for column in OUTPUT_COLUMNS:
                     if fields.get(column):
                         _remove(os.path.join(self.report.output_dir, fields[column]))
@@ -186,7 +186,7 @@ def _make(outputs: CaseOutputs, item: dict, output: dict, kind: str) -> dict:
     """The row fields of one item: ``ok`` with its measurements and outputs, or ``failed`` with the step and reason."""
     try:
         return outputs(item, output, kind)
-    except CaseFailed as exc:
+    except CaseOutputError as exc:
         return {"status": "failed", "reason": str(exc)}
 
 

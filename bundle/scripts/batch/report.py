@@ -464,7 +464,7 @@ class RunReport:
         records = read_records(self.records_dir)
 
         def rows() -> Iterator[dict]:
-            for row, entry in zip(self.final_rows(), self.inputs):
+            for row, entry in zip(self.final_rows(), self.inputs, strict=True):
                 stored = records.get(entry["key"])
                 if row["status"] != "ok" or stored is None or "_at" not in stored:
                     continue

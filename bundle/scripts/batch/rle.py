@@ -111,8 +111,10 @@ def read_mask_archive(path: str, decode: bool = True) -> Iterator[dict]:
                 row[column] = int(row[column]) if row[column] else None
             if decode:
                 for column in ARCHIVE_COLUMNS[6:]:
-                    side = column != "lungs"
-                    row[column] = None if side and not row[column] else decode_mask(row[column], row["height"], row["width"])
+                    if column == "lungs" or row[column]:
+                        row[column] = decode_mask(row[column], row["height"], row["width"])
+                    else:
+                        row[column] = None
             yield row
 
 
