@@ -1,5 +1,6 @@
 """Shared test fixtures and helpers: the bundle folder on sys.path, the real-data location, the one runner of
-commands (:func:`run`, :func:`run_bundle`), the Dice of two masks, and the models the slow tests share."""
+commands (:func:`run`, :func:`run_bundle`), a folder of synthetic inputs, the Dice of two masks, and the models the
+slow tests share."""
 
 from __future__ import annotations
 
@@ -83,6 +84,23 @@ def run(
 def run_bundle(*args: str, expect: int | None = 0, **options) -> subprocess.CompletedProcess:
     """``python -m monai.bundle <args>`` in the bundle folder, through :func:`run`."""
     return run([sys.executable, "-m", "monai.bundle", *args], expect=expect, **options)
+
+
+def synthetic_folder(src: Path, files: int, dicom_every: int, dicom_dir: str = "dicom") -> Path:
+    """A folder of ``files`` synthetic radiographs as users have them: PNGs (``case00.png``, ...) and, every
+    ``dicom_every``-th, a DX DICOM in the sub-folder ``dicom_dir`` (``IM0004.dcm``, ...)."""
+    import dicom_factory as make
+
+    from scripts.data.synthetic import synthetic_case
+
+    (src / dicom_dir).mkdir(parents=True, exist_ok=True)
+    for seed in range(files):
+        image = synthetic_case(seed)[0]
+        if seed % dicom_every == dicom_every - 1:
+            make.save(make.radiograph(image), src / dicom_dir / f"IM{seed:04d}.dcm")
+        else:
+            Image.fromarray(image).save(src / f"case{seed:02d}.png")
+    return src
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

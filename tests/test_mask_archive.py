@@ -7,16 +7,14 @@ import gzip
 import json
 from pathlib import Path
 
-import dicom_factory as make
 import nibabel
 import numpy as np
 import pytest
-from conftest import run_bundle
+from conftest import run_bundle, synthetic_folder
 from PIL import Image
 
 from scripts.batch.report import EXIT_OK
 from scripts.batch.rle import ARCHIVE_NAME, decode_mask, encode_mask, read_mask_archive, write_masks_as_png
-from scripts.data.synthetic import synthetic_case
 
 
 def test_encoding_is_one_based_row_major_start_length():
@@ -43,15 +41,7 @@ def test_a_run_outside_the_image_is_an_error():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("archive") / "in"
-    (src / "sub").mkdir(parents=True)
-    for seed in range(6):
-        image = synthetic_case(seed)[0]
-        if seed % 3 == 2:
-            make.save(make.radiograph(image), src / "sub" / f"IM{seed}.dcm")
-        else:
-            Image.fromarray(image).save(src / f"case{seed}.png")
-    return src
+    return synthetic_folder(tmp_path_factory.mktemp("archive") / "in", files=6, dicom_every=3, dicom_dir="sub")
 
 
 def test_archive_decodes_to_the_mask_pngs_exactly(folder, model_args, tmp_path):

@@ -12,14 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import dicom_factory as make
 import numpy as np
 import pytest
-from conftest import BUNDLE, run, run_bundle
+from conftest import BUNDLE, run, run_bundle, synthetic_folder
 from PIL import Image
 
 from scripts.batch.report import EXIT_INPUTS_FAILED, read_records
-from scripts.data.synthetic import synthetic_case
 
 SHARDED_CONFIGS = "['configs/inference.json','configs/multi_gpu_inference.json']"
 OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")
@@ -29,14 +27,7 @@ OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")
 def folder(tmp_path_factory) -> Path:
     """A folder as users have them: PNGs and DICOMs (sub-folders), a blank image (skipped) and a broken file
     (failed), so the merged report must carry every kind of row."""
-    src = tmp_path_factory.mktemp("sharded") / "in"
-    (src / "dicom").mkdir(parents=True)
-    for seed in range(20):
-        image = synthetic_case(seed)[0]
-        if seed % 5 == 4:
-            make.save(make.radiograph(image), src / "dicom" / f"IM{seed:04d}.dcm")
-        else:
-            Image.fromarray(image).save(src / f"case{seed:02d}.png")
+    src = synthetic_folder(tmp_path_factory.mktemp("sharded") / "in", files=20, dicom_every=5)
     Image.fromarray(np.zeros((200, 180), np.uint8)).save(src / "blank.png")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
     return src

@@ -32,7 +32,7 @@ from ignite.engine import Engine, Events
 
 from ..io.errors import describe_error, is_input_failure
 from .case_outputs import CaseOutputError, CaseOutputs
-from .fault_tolerance import ERROR_KEY, STATUS_KEY
+from .fault_tolerance import ERROR_KEY, STATUS_KEY, RunFault
 from .report import OUTPUT_COLUMNS, RunReport
 
 __all__ = ["CaseWriter"]
@@ -131,7 +131,7 @@ class CaseWriter:
             fields = future.result()
             try:
                 self._record(key, fields)
-            except Exception:  # the disk is full, say: its files must not stay without their row
+            except (Exception, RunFault):  # the disk is full, say: its files must not stay without their row
                 for column in OUTPUT_COLUMNS:
                     if fields.get(column):
                         _remove(os.path.join(self.report.output_dir, fields[column]))

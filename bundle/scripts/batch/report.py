@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from ..io.discovery import discover_inputs
 from ..io.files import atomic_write, remove_temporary_files
-from ..training.distributed import init_distributed
+from ..training.distributed import get_rank, get_world_size, init_distributed
 from .fault_tolerance import RunFault, run_fault
 from .rle import ARCHIVE_NAME, write_mask_archive
 from .writers import output_stem
@@ -151,27 +151,21 @@ def open_run(
     """
     if shard:
         init_distributed()
-    rank, world = _rank_and_world()
+    rank, world = get_rank(), get_world_size()
     report = [None]
     if rank == 0:
         try:
             report[0] = _prepare_run(dataset_dir, output_dir, overwrite, settings, datalist_key, write_rle)
-        except Exception as exc:  # the other ranks must not wait for a report that will not come
+        except (Exception, RunFault) as exc:  # every rank stops with it, rather than wait for a report
             report[0] = exc
     if world > 1:
         dist.broadcast_object_list(report, src=0)
-    if isinstance(report[0], Exception):
+    if isinstance(report[0], BaseException):
         raise report[0]
     report = report[0]
     if world > 1:
         report.use_shard(rank, world)
     return report
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _prepare_run(
@@ -382,9 +376,10 @@ class RunReport:
             return None
         return _row_of(stored)
 
-    def merge_shards(self) -> None:
-        """Rank 0 of a sharded run: take the rows every rank recorded in this run from the records files."""
-        for key, stored in read_records(self.records_dir).items():
+    def merge_shards(self, records: dict[str, dict]) -> None:
+        """Rank 0 of a sharded run: take the rows every rank recorded in this run from the records
+        (:func:`read_records`)."""
+        for key, stored in records.items():
             if stored.get("_run") == self.run_id and key in self._entries:
                 self.rows[key] = _row_of(stored)
 
@@ -443,8 +438,12 @@ class RunReport:
         if self.world_size > 1:
             dist.barrier()  # every rank's records are complete
         if self.rank == 0:
+            # the records of every rank, read once for the merge and the mask archive
+            records = read_records(self.records_dir) if self.world_size > 1 or self.write_rle else {}
             if self.world_size > 1:
-                self.merge_shards()
+                self.merge_shards(records)
+            if self.write_rle:
+                self.write_archive(records)
             status[0] = self._write_and_log()
         if self.world_size > 1:
             dist.broadcast_object_list(status, src=0)
@@ -458,10 +457,9 @@ class RunReport:
         if getattr(self, "exit_status", EXIT_OK) != EXIT_OK:
             raise SystemExit(self.exit_status)
 
-    def write_archive(self) -> str:
+    def write_archive(self, records: dict[str, dict]) -> str:
         """Write ``masks_rle.csv.gz``: the run-length masks of every ``ok`` row, in discovery order, streamed from the
-        records (one record in memory at a time); returns its path."""
-        records = read_records(self.records_dir)
+        records (:func:`read_records`; one mask in memory at a time); returns its path."""
 
         def rows() -> Iterator[dict]:
             for row, entry in zip(self.final_rows(), self.inputs, strict=True):
@@ -474,8 +472,6 @@ class RunReport:
         return write_mask_archive(os.path.join(self.output_dir, ARCHIVE_NAME), rows())
 
     def _write_and_log(self) -> int:
-        if self.write_rle:
-            self.write_archive()
         summary = self.write()
         for row in self.final_rows():
             if row["status"] == "failed":

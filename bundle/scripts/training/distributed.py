@@ -38,6 +38,7 @@ __all__ = [
     "default_backend",
     "destroy_distributed",
     "get_rank",
+    "get_world_size",
     "handlers_for_rank",
     "init_distributed",
     "local_device",
@@ -119,6 +120,11 @@ def destroy_distributed() -> None:
 def get_rank() -> int:
     """This process's global rank (0 when not distributed)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """The number of processes in the group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def on_rank_zero_first(function: Callable, *args, **kwargs):
