@@ -42,9 +42,13 @@ def export_model(model: Path, out: Path, images: torch.Tensor) -> dict:
     common = ["--ckpt_file", str(model), "--meta_file", "configs/metadata.json", "--config_file"]
     run_bundle("ckpt_export", "network_def", "--filepath", str(out / "model.ts"), *common, "configs/inference.json")
     converter_kwargs = {"input_names": ["image"], "output_names": ["pred"], "dynamic_axes": DYNAMIC_AXES}
+    # MONAI's onnx_export exports through a temporary file whose weights (a 75 MB ``<temp>.data``) it never
+    # removes: keep that leak inside this test's folder instead of the machine's /tmp
+    (out / "tmp").mkdir()
     run_bundle(
         "onnx_export", "network_def", "--filepath", str(out / "model.onnx"), *common, "configs/inference.json",
         "--input_shape", ONNX_TRACE_SHAPE, "--converter_kwargs", repr(converter_kwargs),
+        env={"TMPDIR": str(out / "tmp")},
     )  # fmt: skip
     eager = VGG16FCN(out_channels=2, in_channels=1).eval()
     eager.load_state_dict(torch.load(model, weights_only=True))
