@@ -228,6 +228,46 @@ def test_measure_lungs_areas_and_flags():
     assert measure_lungs(mask, None)["lung_area_cm2"] is None
 
 
+def test_measure_lungs_sides_match_scipy_centroids_for_few_and_many_components():
+    """Side areas from the components' centroids, checked against SciPy's labelling and centres of mass, for masks
+    of one to thousands of components (the per-component and the bincount paths)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    masks = []
+    for count in (2, 3, 4, 5, 7):  # blobs at random places, some touching
+        mask = np.zeros((120, 160), bool)
+        for _ in range(count):
+            r, c = rng.integers(0, 100), rng.integers(0, 140)
+            mask[r : r + rng.integers(5, 20), c : c + rng.integers(5, 20)] = True
+        masks.append(mask)
+    masks += [rng.random((90, 70)) < p for p in (0.2, 0.45)]  # noise: many components
+    for mask in masks:
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        if count < 2:
+            continue
+        sizes = ndimage.sum_labels(mask, labels, range(1, count + 1))
+        columns = np.array([c for _, c in ndimage.center_of_mass(mask, labels, range(1, count + 1))])
+        largest = np.argsort(sizes, kind="stable")[::-1][:2]
+        on_left = sizes[columns < columns[largest].mean()].sum()
+        m = measure_lungs(mask.view(np.uint8))
+        assert m["components"] == count and m["lung_area_px"] == mask.sum()
+        assert m["right_lung_area_px"] == on_left and m["left_lung_area_px"] == mask.sum() - on_left
+
+
+@pytest.mark.parametrize("radius", [1, 3, 8])
+def test_erode_is_scipys_minimum_filter(radius):
+    from scipy import ndimage
+
+    from scripts.lungs import erode
+
+    rng = np.random.default_rng(radius)
+    masks = [rng.random((64, 48)) < 0.7, np.ones((30, 40), bool), two_lungs() > 0, np.zeros((5, 5), bool)]
+    for mask in masks:
+        expected = ndimage.minimum_filter(mask.view(np.uint8), size=2 * radius + 1, mode="constant", cval=0) > 0
+        np.testing.assert_array_equal(erode(mask, radius), expected)
+
+
 def test_failed_items_travel_as_markers(tmp_path):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
