@@ -24,6 +24,7 @@ from ..io.dicom import header_from_json, safe_get
 from ..io.errors import describe_error, is_input_failure
 from ..lungs import measure_lungs, patient_right_on_image_left
 from ..transforms.image import review_pixels
+from .dicomweb import DicomwebSource
 from .fault_tolerance import RunFault, run_fault
 from .rle import mask_runs
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay
@@ -71,6 +72,8 @@ class CaseOutputs:
         image_key: item key of the (pre-processed) image, whose meta data describe the input.
         pred_key: output key of the prediction; after ``postprocessing``, ``(1, x, y)`` on the input's grid.
         overlay_key: item key of the review image (:class:`scripts.transforms.image.ReviewImaged`).
+        pacs: the DICOMweb server the inputs came from: each SEG is stored there too (when its ``store`` is on); one
+            it refuses makes the input's row failed.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class CaseOutputs:
         image_key: str = "image",
         pred_key: str = "pred",
         overlay_key: str = "overlay_image",
+        pacs: DicomwebSource | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.postprocessing = postprocessing
@@ -108,6 +112,7 @@ class CaseOutputs:
         self.software_version = str(software_version)
         self.uid_seed = str(uid_seed)
         self.image_key, self.pred_key, self.overlay_key = image_key, pred_key, overlay_key
+        self.pacs = pacs if pacs is not None and pacs.store else None
 
     def __call__(self, item: dict, output: dict, kind: str = "") -> dict:
         """The report fields of one input (``status`` ``ok``, sizes, measurements, output paths relative to the
@@ -192,6 +197,9 @@ class CaseOutputs:
                     software_version=self.software_version,
                 )
                 paths["seg_dicom"] = _remember(written, path)
+            if self.pacs is not None:
+                with self._step("storing the SEG in the PACS"):
+                    self.pacs.store_seg(path)
         if self.write_overlay and self.overlay_key in item:
             with self._step("writing the overlay"):
                 review = review_pixels(item[self.overlay_key])

@@ -49,13 +49,15 @@ from tqdm import tqdm
 from ..io.discovery import discover_inputs
 from ..io.files import atomic_write, remove_temporary_files
 from ..training.distributed import get_rank, get_world_size, init_distributed
+from .dicomweb import PACS_FOLDER, DicomwebSource
 from .fault_tolerance import RunFault, run_fault
 from .rle import ARCHIVE_NAME, write_mask_archive
-from .writers import output_stem
+from .writers import output_stem, seg_sop_uid
 
 __all__ = [
     "RunReport",
     "open_run",
+    "settings_id",
     "read_record_at",
     "read_records",
     "FileProgressBar",
@@ -120,6 +122,12 @@ def _csv_value(value) -> str:
     return str(value)
 
 
+def settings_id(settings: dict | None) -> str:
+    """A short fingerprint of a run's settings: rows and SEGs are reused only by runs with the same one."""
+    canonical = json.dumps(json.loads(json.dumps(settings or {}, sort_keys=True, default=str)), sort_keys=True)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
+
+
 def open_run(
     dataset_dir: str,
     output_dir: str,
@@ -128,6 +136,7 @@ def open_run(
     datalist_key: str | None = None,
     shard: bool = False,
     write_rle: bool = False,
+    pacs: DicomwebSource | None = None,
 ) -> RunReport:
     """Start a batch-inference run: prepare the output folder (created, writable, the temporary files a killed run
     left removed), discover the inputs, and return the run's :class:`RunReport`.
@@ -142,6 +151,8 @@ def open_run(
             prepares the folder, discovers the inputs and decides what to reuse, and every rank gets its share of the
             pending inputs (see the module docstring). The output folder must be shared by all ranks (all nodes).
         write_rle: also write all masks into one archive (see :class:`RunReport`).
+        pacs: a DICOMweb server to take the inputs from instead of ``dataset_dir``: they are retrieved into the output
+            folder's ``pacs_inputs/`` (see :class:`scripts.batch.dicomweb.DicomwebSource`).
 
     Raises:
         RunFault: the output folder cannot be created or written.
@@ -155,7 +166,7 @@ def open_run(
     report = [None]
     if rank == 0:
         try:
-            report[0] = _prepare_run(dataset_dir, output_dir, overwrite, settings, datalist_key, write_rle)
+            report[0] = _prepare_run(dataset_dir, output_dir, overwrite, settings, datalist_key, write_rle, pacs)
         except (Exception, RunFault) as exc:  # every rank stops with it, rather than wait for a report
             report[0] = exc
     if world > 1:
@@ -175,8 +186,11 @@ def _prepare_run(
     settings: dict | None,
     datalist_key: str | None,
     write_rle: bool,
+    pacs: DicomwebSource | None = None,
 ) -> RunReport:
     output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+    if pacs is not None and dataset_dir:
+        raise ValueError("give one source: --dataset_dir or --dicomweb_url, not both")
     if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(output_dir):
         raise ValueError(
             f"output_dir is the input folder ({output_dir}): choose another --output_dir, or a sub-folder of the input "
@@ -192,7 +206,11 @@ def _prepare_run(
             f"the output folder {output_dir} cannot be written ({exc.strerror or exc}); choose another --output_dir"
         ) from exc
     remove_temporary_files(output_dir)
-    inputs = discover_inputs(dataset_dir, exclude=[output_dir], datalist_key=datalist_key)
+    if pacs is not None:  # this run's SEG of an instance has a known UID: one in the PACS already means it is done
+        seed = settings_id(settings)
+        inputs = pacs.discover(os.path.join(output_dir, PACS_FOLDER), seg_uid=lambda sop: seg_sop_uid(sop, seed))
+    else:
+        inputs = discover_inputs(dataset_dir, exclude=[output_dir], datalist_key=datalist_key)
     return RunReport(inputs, output_dir, settings, overwrite, write_rle)
 
 
@@ -261,7 +279,7 @@ class RunReport:
         self.records_dir = os.path.join(output_dir, "records")
         self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.settings = json.loads(json.dumps(settings or {}, sort_keys=True, default=str))
-        self.settings_id = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.settings_id = settings_id(self.settings)
         self.inputs = inputs
         self.write_rle = bool(write_rle)
         self.run_id = uuid.uuid4().hex

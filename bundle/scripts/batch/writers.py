@@ -30,6 +30,7 @@ __all__ = [
     "write_mask_nifti",
     "write_overlay",
     "write_dicom_seg",
+    "seg_sop_uid",
     "seg_source",
 ]
 
@@ -207,6 +208,14 @@ def with_image_plane(source: Dataset, pixel_spacing: tuple[float, float] | None)
     return source
 
 
+def seg_sop_uid(source_sop_instance_uid: str, uid_seed: str = "") -> str:
+    """The SOP Instance UID of the SEG :func:`write_dicom_seg` writes for a source image and a run's settings: known
+    before the SEG exists, so a PACS can be asked whether it has it already."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[str(source_sop_instance_uid), "lung-seg", str(uid_seed)])
+
+
 def write_dicom_seg(
     path: str,
     source,
@@ -269,7 +278,7 @@ def write_dicom_seg(
             segment_descriptions=descriptions,
             series_instance_uid=generate_uid(entropy_srcs=[str(source.SeriesInstanceUID), "lung-seg", uid_seed]),
             series_number=series_number,
-            sop_instance_uid=generate_uid(entropy_srcs=[str(source.SOPInstanceUID), "lung-seg", uid_seed]),
+            sop_instance_uid=seg_sop_uid(str(source.SOPInstanceUID), uid_seed),
             instance_number=max(1, int(source.get("InstanceNumber") or 1)),  # a valid IS after seg_source
             manufacturer="MONAI bundle",
             manufacturer_model_name=algorithm_name,

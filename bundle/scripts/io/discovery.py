@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from .errors import describe_error, is_input_failure
 from .files import sniff_format
 
-__all__ = ["discover_inputs", "classify_file"]
+__all__ = ["discover_inputs", "classify_file", "entry_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ _DOCUMENT_EXTENSIONS = (
 _DATALIST_KEYS = ("testing", "test")
 
 
-def _entry(path: str, display: str, kind: str, status: str, reason: str = "") -> dict:
+def entry_for(path: str, display: str, kind: str, status: str, reason: str = "") -> dict:
+    """A discovery entry (see :func:`classify_file`) decided without reading the file: ``status`` ``pending``,
+    ``skipped`` or ``failed`` for the reason given."""
     try:
         stat = os.stat(path)
         size, mtime_ns = stat.st_size, stat.st_mtime_ns
@@ -96,7 +98,7 @@ def classify_file(path: str, display: str | None = None) -> dict:
     except BaseException as exc:  # whatever a file holds, it gets its row
         if not is_input_failure(exc):
             raise
-        return _entry(path, display, "unknown", "failed", f"reading the header: {describe_error(exc, path)}")
+        return entry_for(path, display, "unknown", "failed", f"reading the header: {describe_error(exc, path)}")
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"))
@@ -104,17 +106,17 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "device"), (stat
 
 def _classify(path: str, display: str) -> dict:
     if not os.path.lexists(path):
-        return _entry(path, display, "missing", "failed", "file not found")
+        return entry_for(path, display, "missing", "failed", "file not found")
     if not os.path.exists(path):
-        return _entry(path, display, "missing", "failed", "broken symbolic link (its target does not exist)")
+        return entry_for(path, display, "missing", "failed", "broken symbolic link (its target does not exist)")
     if os.path.isdir(path):
-        return _entry(path, display, "folder", "failed", "is a folder, not a file")
+        return entry_for(path, display, "folder", "failed", "is a folder, not a file")
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         what = next((name for test, name in _SPECIAL_FILES if test(mode)), "special file")
-        return _entry(path, display, "other", "skipped", f"not a regular file ({what})")
+        return entry_for(path, display, "other", "skipped", f"not a regular file ({what})")
     if os.path.getsize(path) == 0:
-        return _entry(path, display, "empty", "failed", "empty file (0 bytes)")
+        return entry_for(path, display, "empty", "failed", "empty file (0 bytes)")
     kind = sniff_format(path)
     if kind == "dicom" and os.path.basename(path).upper() == "DICOMDIR":
         status, reason = "skipped", "DICOMDIR (media directory index), not an image"
@@ -125,7 +127,7 @@ def _classify(path: str, display: str) -> dict:
     else:
         kind, status = "unknown", "failed"
         reason = "unrecognised file: not DICOM (no 'DICM' marker at byte 128), PNG, JPEG, BMP, TIFF or NIfTI"
-    return _entry(path, display, kind, status, reason)
+    return entry_for(path, display, kind, status, reason)
 
 
 def _walk(root: str, exclude: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str, OSError]]]:
@@ -205,7 +207,7 @@ def discover_inputs(
         raise FileNotFoundError(f"{root}: no files found (hidden files and the output folder are not searched)")
     entries = [classify_file(path, display) for path, display in files]
     entries += [
-        _entry(path, display, "folder", "failed", f"folder cannot be listed ({error.strerror or error})")
+        entry_for(path, display, "folder", "failed", f"folder cannot be listed ({error.strerror or error})")
         for path, display, error in unreadable
     ]
     seen: dict[str, str] = {}
