@@ -105,6 +105,10 @@ def test_pacs_run_stores_segs_and_a_rerun_skips_them(pacs, tmp_path, model_args)
     assert sorted(r["status"] for r in rows.values()) == ["ok", "skipped"]
     assert all(name.startswith(studies["b"]) for name in rows)
     assert len(qido(pacs, f"studies/{studies['b']}/instances?Modality=SEG")) == 2
+    # a study the PACS does not have is a clear error, not an empty report
+    proc = run_bundle(*args, "--output_dir", str(tmp_path / "none"), "--dicomweb_studies", "1.2.3.4.5", *model_args,
+                      expect=1)  # fmt: skip
+    assert "no instances found in studies 1.2.3.4.5" in proc.stdout + proc.stderr
 
 
 def test_pacs_that_cannot_be_reached_stops_the_run_with_its_address(tmp_path, model_args):

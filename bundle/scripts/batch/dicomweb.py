@@ -144,6 +144,12 @@ class DicomwebSource:
         write), failed when it cannot be retrieved.
         """
         instances = self.find_instances()
+        if not instances:
+            wanted = f"studies {', '.join(self.study_uids)}" if self.study_uids else "the whole server"
+            raise FileNotFoundError(
+                f"{self.url}: no instances found in {wanted} with the query {self.query or '{}'} "
+                "(check --dicomweb_studies and --dicomweb_query)"
+            )
         logger.info("%s: %d instances found", self.url, len(instances))
         stored = self.stored_segs(i["study"] for i in instances) if seg_uid else set()
         entries: dict[str, dict] = {}
