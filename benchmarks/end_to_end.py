@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     options = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if options.workdir:
+        Path(options.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=options.workdir) as folder:
         root = Path(folder)
         model = weights(root, options.weights)

@@ -41,6 +41,7 @@ rm -f "$STAMP"
 "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS" 2> >(grep -v "^WARNING: Location" >&2)
 # import what the server imports at start-up, so a broken combination fails here and not when the server starts
 "$VENV/bin/python" - <<'EOF'
+import highdicom  # noqa: F401
 import monai
 import monailabel
 import numpy

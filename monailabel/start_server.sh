@@ -4,6 +4,8 @@
 # Usage: monailabel/start_server.sh --studies DIR [--name NAME] [--port PORT] [--host HOST] [--workspace DIR]
 #                                   [--copy] [-- more `monailabel start_server` arguments]
 #   --studies DIR    folder of images to label: PNG, JPEG and DICOM (.dcm) files; labels go to DIR/labels/
+#   --studies URL    or a DICOMweb PACS (http://host:port/dicom-web): its CR and DX series are the images, final
+#                    labels are stored in it as DICOM SEG (the app in monailabel/pacs_app, see monailabel/README.md)
 #   --name NAME      model name clients see (default cxr_lung_segmentation)
 #   --port PORT      default 8000;  --host HOST: default 127.0.0.1 (this machine only)
 #   --workspace DIR  where the app is set up (default <repo>/.monailabel-workspace)
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         --workspace) WORKSPACE="$2"; shift 2 ;;
         --copy) COPY=true; shift ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -56,10 +58,15 @@ case "$NAME" in
         echo "--name must not contain deepedit, deepgrow, detection or classification: $NAME" >&2; exit 2 ;;
 esac
 
-mkdir -p "$WORKSPACE" "$STUDIES"
+PACS=false
+case "$STUDIES" in http://*|https://*) PACS=true ;; esac
+mkdir -p "$WORKSPACE"
+$PACS || mkdir -p "$STUDIES"
 WORKSPACE="$(cd "$WORKSPACE" && pwd)"
+# on a PACS, the app is monaibundle with the radiograph DICOMweb datastore of monailabel/pacs_app
 APP="$WORKSPACE/monaibundle"
-if [ ! -f "$APP/main.py" ]; then
+$PACS && APP="$WORKSPACE/monaibundle-pacs"
+if [ ! -f "$APP/main.py" ] && [ ! -f "$APP/bundle_app.py" ]; then
     # the app ships inside the monailabel package: this copies it, nothing is downloaded. Copied through a temporary
     # folder because MONAI Label refuses to copy into an existing one, and model/ may already hold bundles.
     download="$(mktemp -d "$WORKSPACE/.monaibundle-XXXXXX")"
@@ -67,6 +74,12 @@ if [ ! -f "$APP/main.py" ]; then
     mkdir -p "$APP"
     cp -a -n "$download/monaibundle/." "$APP/"
     rm -rf "$download"
+    if $PACS; then mv "$APP/main.py" "$APP/bundle_app.py"; fi
+fi
+if $PACS; then
+    # refreshed at every start, so the app runs the repository's current version
+    cp "$REPO/monailabel/pacs_app/main.py" "$REPO/monailabel/pacs_app/radiograph_dicomweb.py" "$APP/"
+    export MONAI_LABEL_DICOMWEB_CACHE_PATH="${MONAI_LABEL_DICOMWEB_CACHE_PATH:-$WORKSPACE/dicomweb-cache}"
 fi
 mkdir -p "$APP/model"
 MODEL="$APP/model/$NAME"

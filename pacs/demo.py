@@ -9,7 +9,10 @@ the PACS holds, all on loopback.
    synthetic default set, written as DICOM: not real patients);
 3. runs the bundle's batch inference over the PACS (``--dicomweb_url``), which stores a DICOM SEG of each radiograph
    back, and prints the report's counts;
-4. prints the viewer's address and a link per study, and keeps everything up until Ctrl-C, then stops what it started.
+4. with ``--monailabel``, starts MONAI Label on the same PACS (``monailabel/start_server.sh --studies <DICOMweb URL>``:
+   the radiographs to label, final labels stored back as DICOM SEG; the bundle folder's own weights,
+   ``bundle/models/model.pt``; set up with ``bash monailabel/setup_monailabel.sh``);
+5. prints the viewer's address and a link per study, and keeps everything up until Ctrl-C, then stops what it started.
 
 ``--screenshot FILE`` saves what OHIF shows for the first study (its SEG over the radiograph, in headless Chromium)
 and exits instead of waiting. ``bash pacs/setup_pacs.sh`` installs the stack; the weights come from training (the
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +35,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 BUNDLE = REPOSITORY / "bundle"
 sys.path[:0] = [str(REPOSITORY), str(BUNDLE)]
 
-from pacs.stack import CHROMIUM, CHROMIUM_ARGS, OhifViewer, Orthanc, missing  # noqa: E402
+from pacs.stack import CHROMIUM, CHROMIUM_ARGS, OhifViewer, Orthanc, free_port, missing  # noqa: E402
+
+MONAILABEL_VENV = Path(os.environ.get("MONAILABEL_VENV", REPOSITORY / ".venv-monailabel"))
 
 
 def synthetic_dicoms(folder: Path, count: int = 6) -> Path:
@@ -104,8 +111,11 @@ def main() -> None:
     parser.add_argument("--workdir", help="where the PACS database and the outputs go (default: a temporary folder)")
     parser.add_argument("--viewer_port", type=int, default=None, help="the viewer's port (default: a free one)")
     parser.add_argument("--screenshot", help="save what OHIF shows of the first study to this PNG and exit")
+    parser.add_argument("--monailabel", action="store_true", help="also start MONAI Label on the PACS")
     options = parser.parse_args()
     absent = missing(browser=bool(options.screenshot))
+    if options.monailabel and not (MONAILABEL_VENV / "bin" / "monailabel").exists():
+        absent.append(f"MONAI Label in {MONAILABEL_VENV} (bash monailabel/setup_monailabel.sh)")
     if absent:
         raise SystemExit("the demo needs " + "; ".join(absent))
     ckpt_path = Path(options.ckpt_path).resolve()
@@ -132,15 +142,53 @@ def main() -> None:
                 screenshot(viewer, first["input"].split("/")[0], seg, Path(options.screenshot).resolve())
                 print(f"screenshot: {options.screenshot}")
                 return
+            label = start_monailabel(pacs, work / "monailabel") if options.monailabel else None
             print(f"\nOHIF viewer: {viewer.url}/  (open a study, then its SEG series to see the lungs)")
             for study in studies:
                 print(f"  {viewer.study_url(study)}")
-            print("Ctrl-C stops the PACS and the viewer.")
+            print("Ctrl-C stops what this script started.")
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 print("\nstopping")
+            finally:
+                if label is not None:
+                    stop_monailabel(label)
+
+
+def start_monailabel(pacs: Orthanc, workspace: Path, timeout: float = 300) -> subprocess.Popen:
+    """MONAI Label on the PACS (its own process group, so that stopping it stops its training runs too); returns once
+    its ``/info`` answers."""
+    import urllib.request
+
+    port = free_port()
+    workspace.mkdir(parents=True, exist_ok=True)
+    log = open(workspace / "server.log", "wb")
+    process = subprocess.Popen(
+        ["bash", str(REPOSITORY / "monailabel" / "start_server.sh"), "--studies", pacs.dicomweb_url, "--port",
+         str(port), "--workspace", str(workspace)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/info/", timeout=10):
+                print(f"MONAI Label: http://127.0.0.1:{port}/ on the PACS (log: {workspace / 'server.log'})")
+                return process
+        except OSError:
+            time.sleep(2)
+    stop_monailabel(process)
+    raise SystemExit(f"MONAI Label did not start: see {workspace / 'server.log'}")
+
+
+def stop_monailabel(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _store(pacs: Orthanc, path: Path) -> bool:

@@ -21,7 +21,7 @@ from scripts.io.files import atomic_write
 from scripts.io.reader import RadiographReader
 from scripts.lungs import measure_lungs, patient_right_on_image_left, split_lung_sides
 from scripts.transforms.image import padding_crop_selector
-from scripts.transforms.postprocess import KeepLungComponentsd, LabelLungSidesd
+from scripts.transforms.postprocess import KeepLungComponentsd, KeepLungProbabilityd, LabelLungSidesd
 
 
 def test_every_file_is_classified_with_a_reason(tmp_path):
@@ -213,6 +213,31 @@ def test_keep_lung_components_gives_monai_keep_largest_and_fill_holes_result(tmp
     filled = KeepLungComponentsd("pred", num_components=2, connectivity=connectivity)({"pred": png})["pred"][0]
     assert filled[45, 65] == 1 and filled[220, 120] == 0  # the enclosed hole is filled, the one open to the edge not
     assert filled[65, 205] == (connectivity == 1)  # the diagonal leak is open only to 8-connected background
+
+
+def test_lungs_kept_on_the_network_grid_give_the_full_size_steps_mask():
+    """Components and holes decided on a 64x48 probability grid, then bilinear upsampling to 640x480 and the
+    threshold: the mask of the full-size steps (upsample, threshold, keep the two largest, fill holes), without
+    labelling the full-size mask; a removed component's probabilities are 0, a filled hole's 1."""
+    rng = np.random.default_rng(1)
+    grid = np.full((64, 48), 0.2, np.float32)
+    grid[8:56, 4:20] = 0.9  # right lung
+    grid[8:56, 26:44] = 0.8  # left lung
+    grid[20:26, 8:14] = 0.1  # a hole in the right lung
+    grid[58:62, 2:6] = 0.7  # a third, smaller component
+    grid += rng.uniform(-0.05, 0.05, grid.shape).astype(np.float32)  # no value near the threshold
+    probability = MetaTensor(torch.as_tensor(grid[None]))
+    kept = KeepLungProbabilityd("pred", threshold=0.5, num_components=2)({"pred": probability})["pred"]
+    assert isinstance(kept, MetaTensor) and kept.shape == probability.shape
+    assert torch.all(kept[0, 58:62, 2:6] == 0) and torch.all(kept[0, 20:26, 8:14] == 1)
+    assert torch.equal(kept[0, 30:50, 26:44], probability[0, 30:50, 26:44])  # lungs keep their probabilities
+
+    def upsampled(values: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(values[None].float(), size=(640, 480), mode="bilinear")[0] >= 0.5
+
+    full_size_steps = KeepLungComponentsd("pred", num_components=2)({"pred": upsampled(probability).float()})["pred"]
+    np.testing.assert_array_equal(upsampled(kept).numpy(), full_size_steps.numpy() > 0)
+    assert upsampled(probability)[0, 600, 40] and not upsampled(kept)[0, 600, 40]  # the third component is gone
 
 
 def test_measure_lungs_areas_and_flags():

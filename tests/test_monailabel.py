@@ -138,7 +138,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(workspace: Path, studies: Path, log: Path) -> Server:
+def _start_server(
+    workspace: Path, studies: Path | str, log: Path, models: tuple[str, ...] = (MODEL, UNTRAINED)
+) -> Server:
+    """``start_server.sh`` on a free loopback port, ``studies`` a folder or a DICOMweb URL; waits for ``/info``."""
     port = _free_port()
     env = {
         **os.environ,
@@ -162,7 +165,7 @@ def _start_server(workspace: Path, studies: Path, log: Path) -> Server:
         "--",
         "--conf",
         "models",
-        f"{MODEL},{UNTRAINED}",
+        ",".join(models),
     ]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
 from ..io.dicom import clean_header
 from ..io.files import atomic_write, image_stem
@@ -130,7 +131,11 @@ def write_overlay(path: str, image: np.ndarray, mask: np.ndarray, quality: int =
     (:func:`scripts.lungs.erode`); yellow for a binary mask; green for the right lung (label 1) and orange for the left
     lung (label 2) when sides are labelled.
     """
-    grey = Image.fromarray(np.asarray(image, np.uint8), mode="L")
+    image = np.asarray(image, np.uint8)
+    if image.T.flags.c_contiguous and not image.flags.c_contiguous:  # a transposed view, as MONAI's (x, y) arrays give
+        grey = Image.fromarray(image.T, mode="L").transpose(Image.Transpose.TRANSPOSE)  # twice as fast as NumPy's copy
+    else:
+        grey = Image.fromarray(image, mode="L")
     labels = np.asarray(mask, np.uint8)
     if labels.shape != (grey.height, grey.width):
         labels = np.asarray(Image.fromarray(labels).resize(grey.size, Image.NEAREST))
@@ -151,6 +156,13 @@ def write_overlay(path: str, image: np.ndarray, mask: np.ndarray, quality: int =
     return atomic_write(path, lambda tmp: _save_image(picture, tmp, format="JPEG", quality=quality, subsampling=2))
 
 
+# written out rather than looked up in pydicom's code dictionary: pydicom 2.4's (MONAI Label's environment) has two
+# codes under this name
+_ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+# save_as's switch for a DICOM file (preamble, file meta) is named differently in pydicom 2 (MONAI Label's environment)
+_AS_DICOM_FILE = (
+    {"enforce_file_format": True} if int(pydicom.__version__.split(".")[0]) >= 3 else {"write_like_original": False}
+)
 _REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # spacing is given to the SEG explicitly (validated, corrected for magnification): highdicom must not copy the source's
 _SPACING = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
@@ -226,6 +238,8 @@ def write_dicom_seg(
     series_number: int = 900,
     software_version: str = "unknown",
     algorithm_name: str = "VGG16 FCN lung segmentation",
+    algorithm_type: str = "AUTOMATIC",
+    series_description: str = "Lung segmentation (research use only)",
 ) -> tuple[str, str]:
     """Write a binary DICOM Segmentation of ``source`` with highdicom; return ``(path, SOP Instance UID)``.
 
@@ -244,10 +258,12 @@ def write_dicom_seg(
         series_number: Series Number of the SEG.
         software_version: written in Software Versions and the algorithm identification.
         algorithm_name: the algorithm's name in the segment descriptions.
+        algorithm_type: the segments' Segment Algorithm Type: ``"AUTOMATIC"`` (the model's mask) or
+            ``"SEMIAUTOMATIC"`` (the model's mask corrected by a person, as MONAI Label saves it).
+        series_description: the SEG's Series Description (readers such as MONAI Label's datastore select SEGs by it).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
     from pydicom.uid import generate_uid
 
     source = with_image_plane(seg_source(source), pixel_spacing)
@@ -263,9 +279,9 @@ def write_dicom_seg(
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=_SEGMENTS[name][1],
-            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_category=_ANATOMICAL_STRUCTURE,
             segmented_property_type=Code(_SEGMENTS[name][0], "SCT", _SEGMENTS[name][1]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
             algorithm_identification=algorithm,
         )
         for number, name in enumerate(names, start=1)
@@ -285,8 +301,8 @@ def write_dicom_seg(
             software_versions=software_version,
             device_serial_number="none",
             content_label="LUNGS",
-            content_description="Lung fields, automatic (research use only)",
-            series_description="Lung segmentation (research use only)",
+            content_description=f"Lung fields, {algorithm_type.lower()} (research use only)",
+            series_description=series_description,
             omit_empty_frames=False,
         )
     except KeyError as exc:  # highdicom looks the source's IOD up by its SOP class
@@ -300,5 +316,5 @@ def write_dicom_seg(
     seg.PatientOrientation = (
         orientation if len(orientation) == 2 and all(map(_ORIENTATION.fullmatch, orientation)) else ""
     )
-    atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
+    atomic_write(path, lambda tmp: seg.save_as(tmp, **_AS_DICOM_FILE))
     return path, str(seg.SOPInstanceUID)

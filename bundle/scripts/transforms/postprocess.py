@@ -10,6 +10,8 @@ The bundle's post-processing chain (``configs/inference.json``) is MONAI's ``Act
   of components smaller than a fraction of the largest one (a second "lung" of a few pixels is noise, not a lung) and
   MONAI's ``FillHolesd``, with the same pixels, in one step over the mask's bounding box (several times faster on
   full-size radiographs);
+* :class:`KeepLungProbabilityd`: the same lungs decided on the network's grid, before the probabilities are brought
+  back to the input's grid: the full-size mask then needs no labelling at all;
 * :class:`LabelLungSidesd`: labels the patient's right lung 1 and left lung 2 (optional).
 
 Arrays are MONAI's ``(C, x, y)``: axis 1 runs along an image row (x = column), axis 2 down the image (y = row).
@@ -29,7 +31,7 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from ..lungs import keep_lung_components, patient_right_on_image_left, split_lung_sides
 
-__all__ = ["InverseInterpolationd", "KeepLungComponentsd", "LabelLungSidesd"]
+__all__ = ["InverseInterpolationd", "KeepLungComponentsd", "KeepLungProbabilityd", "LabelLungSidesd"]
 
 
 class InverseInterpolationd(MapTransform):
@@ -120,6 +122,55 @@ class KeepLungComponentsd(MapTransform):
                 ]
             )
             d[key] = convert_to_dst_type(lungs, dst=img, dtype=img.dtype)[0]
+        return d
+
+
+class KeepLungProbabilityd(MapTransform):
+    """Keep the lungs in a lung probability map on the network's grid: the components and holes of
+    :class:`KeepLungComponentsd`, decided where the map is at least ``threshold``, then written into the map itself
+    (removed components' probabilities set to 0, enclosed holes to 1).
+
+    Why on the grid: the full-size mask is the bilinear upsampling of this map, thresholded, and a bilinear value is
+    a weighted mean of the four grid values around it, so it can only reach the threshold next to a grid value that
+    does. A component removed here leaves nothing at full size, a hole filled here none either, and labelling the
+    network's 128x128 grid costs a fraction of labelling a 2000x2500 mask. The full-size mask differs from the one
+    :class:`KeepLungComponentsd` keeps after the upsampling only where a link between two grid points is diagonal
+    (the two grids may disagree whether it connects): a few boundary pixels (Dice >= 0.999 on the real sample).
+
+    Args:
+        keys: keys of channel-first probability maps (``(1, x, y)``, the lung class).
+        threshold: the probability from which a pixel is lung (``AsDiscreted``'s threshold that follows).
+        num_components: components to keep, the largest first.
+        min_fraction: components with fewer grid points than this fraction of the largest one are removed (0: none).
+        fill_holes: fill the background regions the kept components enclose.
+        connectivity: pixel connectivity (1: 4-neighbours; 2 or ``None``: 8-neighbours, MONAI's default).
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        num_components: int = 2,
+        min_fraction: float = 0.0,
+        fill_holes: bool = True,
+        connectivity: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.threshold = threshold
+        self.keep = KeepLungComponentsd(
+            keys, num_components, min_fraction, fill_holes, connectivity, allow_missing_keys
+        )
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probability = d[key]
+            lung = probability >= self.threshold
+            kept = self.keep({key: lung})[key].bool()
+            cleaned = torch.where(kept & ~lung, 1.0, torch.where(lung & ~kept, 0.0, probability))
+            d[key] = convert_to_dst_type(cleaned, dst=probability, dtype=probability.dtype)[0]
         return d
 
 
