@@ -14,6 +14,13 @@ distance, and the time it took.
     python benchmarks/cross_validation.py --val_fraction 0.15             # hold 15% out, keep the best epoch's model
     python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--min_component_fraction 0"
                                           # post-processing ablation: evaluate the fold models kept in W again
+    python benchmarks/cross_validation.py --workdir W --reuse_models --qc
+                                          # how well qc_score predicts each held-out mask's Dice
+
+``--qc`` also scores degraded copies of each fold's held-out cases (``benchmarks/degraded.py``: noise, blur,
+rotation, inverted grey, half the chest, heavy gamma) and reports, for the held-out cases, the degraded copies and both
+together, the Spearman correlation between ``qc_score`` and the true Dice, the mean absolute error of ``qc_score`` as a
+Dice estimate, and the AUROC of a low ``qc_score`` for finding the masks with Dice below 0.93.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from common import BUNDLE, REAL_SAMPLE, machine
+from degraded import degraded_cases
 
 
 def folds_of(cases: list, k: int, seed: int) -> list[list]:
@@ -73,6 +82,43 @@ def read_metric(output_dir: str, name: str) -> dict[str, float]:
         return {os.path.basename(row["filename"]): float(row["mean"]) for row in csv.DictReader(f)}
 
 
+def evaluate(datalist: str, model: str, output_dir: str, overrides: list[str]) -> str:
+    """Score a datalist's ``test`` cases with ``inference.json`` + ``evaluate.json``; returns the output folder."""
+    run_bundle(
+        ["run", "--config_file", "['configs/inference.json','configs/evaluate.json']", "--dataset_dir", datalist,
+         "--split", "test", "--ckpt_path", model, "--output_dir", output_dir, *overrides],
+        f"{output_dir}.log",
+    )  # fmt: skip
+    return output_dir
+
+
+LOW_DICE = 0.93
+
+
+def paired(eval_dir: str) -> list[tuple[float, float]]:
+    """``(qc_score, Dice)`` of every case of an evaluation."""
+    dice, score = read_metric(eval_dir, "dice"), read_metric(eval_dir, "qc_score")
+    return [(score[name], dice[name]) for name in dice]
+
+
+def qc_validation(pairs: list[tuple[float, float]]) -> str:
+    """Spearman correlation, mean absolute error and the AUROC for Dice < :data:`LOW_DICE`, as one line."""
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    score, truth = np.array(pairs).T
+    low = truth < LOW_DICE
+    # AUROC of "the lower the score, the worse the mask": P(score of a good mask > score of a bad one)
+    auroc = (
+        mannwhitneyu(score[~low], score[low]).statistic / (low.sum() * (~low).sum())
+        if 0 < low.sum() < len(low)
+        else np.nan
+    )
+    return (
+        f"{len(pairs)} masks ({low.sum()} with Dice < {LOW_DICE}): Spearman {spearmanr(score, truth).statistic:.3f}, "
+        f"mean absolute error {np.abs(score - truth).mean():.3f}, AUROC {auroc:.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REAL_SAMPLE), help="folder with images/ + masks/ (or Kaggle layout)")
@@ -99,6 +145,7 @@ def main() -> None:
     )
     parser.add_argument("--eval_args", default="", help="evaluate.json overrides, e.g. '--keep_components 3'")
     parser.add_argument("--eval_dir", default="eval", help="name of each fold's evaluation folder")
+    parser.add_argument("--qc", action="store_true", help="also validate qc_score on held-out and degraded cases")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
     args = parser.parse_args()
     overrides = [o for o in args.overrides if o != "--"]
@@ -117,6 +164,7 @@ def main() -> None:
     )
     start = time.perf_counter()
     dice, hd95 = {}, {}
+    qc: dict[str, list[tuple[float, float]]] = {"held-out": [], "degraded": []}
     for fold, held_out in enumerate(folds_of(cases, args.folds, args.seed)):
         if args.only_folds is not None and fold not in args.only_folds:
             continue
@@ -133,28 +181,21 @@ def main() -> None:
                           "--val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
             run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
-        run_bundle(
-            [
-                "run",
-                "--config_file",
-                "['configs/inference.json','configs/evaluate.json']",
-                "--dataset_dir",
-                datalist,
-                "--split",
-                "test",
-                "--ckpt_path",
-                f"{fold_dir}/models/model.pt",
-                "--output_dir",
-                f"{fold_dir}/{args.eval_dir}",
-                *inference_overrides,
-                *args.eval_args.split(),
-            ],
-            f"{fold_dir}/{args.eval_dir}.log",
-        )
-        eval_dir = f"{fold_dir}/{args.eval_dir}"
+        evaluation = [*inference_overrides, *args.eval_args.split()]
+        eval_dir = evaluate(datalist, f"{fold_dir}/models/model.pt", f"{fold_dir}/{args.eval_dir}", evaluation)
         fold_dice, fold_hd = read_metric(eval_dir, "dice"), read_metric(eval_dir, "hd95")
         dice.update(fold_dice)
         hd95.update(fold_hd)
+        if args.qc:
+            qc["held-out"] += paired(eval_dir)
+            bad = degraded_cases(held_out, Path(fold_dir) / "degraded", seed=args.seed)
+            bad_list = os.path.join(fold_dir, "degraded.json")
+            with open(bad_list, "w") as f:
+                json.dump({"training": [], "test": bad}, f, indent=2)
+            # a Montgomery radiograph (4020 x 4892) rotated with its corners kept is above the default size limit
+            bigger = ["--max_image_pixels", "60000000"]
+            bad_dir = evaluate(bad_list, f"{fold_dir}/models/model.pt", f"{eval_dir}_degraded", evaluation + bigger)
+            qc["degraded"] += paired(bad_dir)
         print(
             f"fold {fold}: {len(held_out)} held out, mean Dice {statistics.mean(fold_dice.values()):.4f}, "
             f"worst {min(fold_dice.values()):.4f}; train {t1 - t0:.0f} s, evaluate {time.perf_counter() - t1:.0f} s",
@@ -168,6 +209,10 @@ def main() -> None:
         f"{np.nanmean(list(hd95.values())):.1f} px, worst {np.nanmax(list(hd95.values())):.1f} px; "
         f"time {time.perf_counter() - start:.0f} s; work folder {workdir}"
     )
+    if args.qc:
+        print(f"\nqc_score against the true Dice (masks with Dice < {LOW_DICE} are the ones to find):")
+        for name, pairs in (*qc.items(), ("combined", qc["held-out"] + qc["degraded"])):
+            print(f"  {name:>9}: {qc_validation(pairs)}")
 
 
 if __name__ == "__main__":

@@ -186,3 +186,17 @@ def model_args(trained_model) -> list[str]:
         "--overlay_size",
         "256",
     ]
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """A real Orthanc with DICOMweb on a free loopback port (``pacs/stack.py``), stopped after the module's tests; skips
+    where Orthanc is not installed (``bash pacs/setup_pacs.sh``)."""
+    sys.path.insert(0, str(REPO))
+    from pacs.stack import Orthanc, missing
+
+    absent = missing(viewer=False, browser=False)
+    if absent:
+        pytest.skip("needs " + "; ".join(absent))
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server

@@ -26,15 +26,6 @@ pytestmark = pytest.mark.slow
 SECRET = "not-in-any-log-7f3a"
 
 
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    absent = missing(viewer=False, browser=False)
-    if absent:
-        pytest.skip("needs " + "; ".join(absent))
-    with Orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
-
-
 def qido(pacs: Orthanc, query: str) -> list[pydicom.Dataset]:
     with urllib.request.urlopen(f"{pacs.dicomweb_url}/{query}", timeout=30) as answer:
         body = answer.read()

@@ -41,8 +41,9 @@ def test_metrics_per_case_on_the_original_grid(model_args, tmp_path):
         Image.fromarray(mask).save(data / "masks" / f"case{seed}.png")
 
     log = run_config(EVALUATE, "--dataset_dir", str(data), "--output_dir", str(tmp_path / "eval"), *model_args)
-    scores = {m: per_case(tmp_path / "eval" / f"{m}_raw.csv") for m in ("dice", "iou", "hd95", "asd")}
+    scores = {m: per_case(tmp_path / "eval" / f"{m}_raw.csv") for m in ("dice", "iou", "hd95", "asd", "qc_score")}
     assert all(sorted(s) == [f"case{i}.png" for i in range(4)] for s in scores.values())
+    assert all(0 <= q <= 1 for q in scores["qc_score"].values()), scores["qc_score"]
     for name, d in scores["dice"].items():
         assert d > 0.9 and scores["iou"][name] == pytest.approx(d / (2 - d), abs=1e-4)
         assert 0 <= scores["asd"][name] <= scores["hd95"][name] < 10  # pixels
@@ -73,6 +74,8 @@ def test_metrics_per_case_on_the_original_grid(model_args, tmp_path):
             truth = np.asarray(Image.fromarray(truth).resize(predicted.shape[::-1], Image.NEAREST))
         truth = truth > 0
         assert scores["dice"][row["input"]] == pytest.approx(dice(predicted, truth), abs=1e-5), row["input"]
+        # and the quality score the report gives is the one the evaluation saves
+        assert float(row["qc_score"]) == pytest.approx(scores["qc_score"][row["input"]], abs=1e-4), row["input"]
 
 
 def test_evaluate_on_real_radiographs_prints_per_case_and_mean_dice(real_trained_model, real_sample, tmp_path):

@@ -35,19 +35,10 @@ from test_monailabel import (
 )
 
 sys.path.insert(0, str(REPO))
-from pacs.stack import Orthanc, missing  # noqa: E402
+from pacs.stack import Orthanc  # noqa: E402
 
 pytestmark = [pytest.mark.slow, needs_monailabel]
 LABEL_DESCRIPTION = "Lung label (MONAI Label)"  # monailabel/pacs_app/radiograph_dicomweb.py's
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    absent = missing(viewer=False, browser=False)
-    if absent:
-        pytest.skip("needs " + "; ".join(absent))
-    with Orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

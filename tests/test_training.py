@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from conftest import BUNDLE, train_tiny_model
+from PIL import Image
 
 from scripts.network import VGG16FCN
 
@@ -25,6 +26,10 @@ def test_training_writes_a_plain_state_dict_and_learns(trained_model):
     # an all-lung or all-background guess scores < 0.3 on these images; a learned model scores far above
     assert best_val_dice(trained_model["log"]) > 0.8
     assert list(trained_model["models"].glob("checkpoint_epoch=*.pt"))
+    # the curves for people without TensorBoard: a picture of the loss and the validation Dice per epoch
+    with Image.open(trained_model["eval"] / "training_curves.png") as curves:
+        assert curves.format == "PNG" and curves.width >= 600
+        assert len(set(curves.convert("RGB").getdata())) > 50  # drawn, not blank
 
 
 @pytest.mark.slow

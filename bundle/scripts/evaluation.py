@@ -1,5 +1,6 @@
-"""What ``configs/evaluate.json`` needs besides MONAI: a per-case metrics table (the cases to evaluate come from
-:func:`scripts.data.datalist.evaluation_cases`).
+"""What ``configs/evaluate.json`` needs besides MONAI: a per-case metrics table, and the per-case values of the
+engine's output (the mask quality score) as metric details MONAI's ``MetricsSaver`` writes (the cases to evaluate
+come from :func:`scripts.data.datalist.evaluation_cases`).
 
 Metrics are MONAI's (``MeanDice``, ``MeanIoUHandler``, ``HausdorffDistance`` at the 95th percentile,
 ``SurfaceDistance``), computed on each image's original grid (the prediction is inverted back with ``Invertd``; the
@@ -16,7 +17,7 @@ import os
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["CaseMetricsTable"]
+__all__ = ["CaseMetricsTable", "ItemValueDetails"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +60,30 @@ class CaseMetricsTable:
 
         lines.append(f"{'mean':<{width}}  " + "  ".join(f"{mean(values[m]):8.4f}" for m in columns))
         logger.info("per-case metrics (%d cases):\n%s", len(self.names), "\n".join(lines))
+
+
+class ItemValueDetails:
+    """Ignite handler that keeps a number of every case (e.g. ``qc_score``, which a post-processing transform adds) as
+    that name's per-case metric details (``engine.state.metric_details``), so that MONAI's ``MetricsSaver`` writes
+    ``<name>_raw.csv`` beside the metrics' own, one row per case, and :class:`CaseMetricsTable` can list it.
+
+    Args:
+        keys: keys of the items after post-processing holding one number per case: looked up in the engine's output
+            item (where MONAI's engines keep a key a post-processing transform adds), then in its batch item.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = list(keys)
+        self.values: dict[str, list[float]] = {key: [] for key in self.keys}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: [v.clear() for v in self.values.values()])
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not hasattr(engine.state, "metric_details") or engine.state.metric_details is None:
+            engine.state.metric_details = {}
+        for key in self.keys:
+            for batch_item, output_item in zip(engine.state.batch, engine.state.output, strict=True):
+                self.values[key].append(float(output_item.get(key, batch_item.get(key, math.nan))))
+            engine.state.metric_details[key] = torch.tensor(self.values[key]).reshape(-1, 1)

@@ -66,12 +66,15 @@ class CaseOutputs:
         label_sides: the mask holds right (1) / left (2) lung labels rather than 0/1.
         lung_fraction_range: quality flag bounds for lung pixels / image pixels.
         max_side_ratio: quality flag bound for the ratio of the two lungs' areas.
+        review_below: a ``qc_score`` (the item's ``qc_key``) below this flags the mask ``review``.
         seg_series_number: Series Number of the DICOM SEG objects.
         software_version: the bundle version, written into the SEG objects.
         uid_seed: text mixed into the SEG's UIDs (the run's settings), so a changed model gives new UIDs.
         image_key: item key of the (pre-processed) image, whose meta data describe the input.
         pred_key: output key of the prediction; after ``postprocessing``, ``(1, x, y)`` on the input's grid.
         overlay_key: item key of the review image (:class:`scripts.transforms.image.ReviewImaged`).
+        qc_key: key of the mask quality score after ``postprocessing``
+            (:class:`scripts.transforms.quality.LungQualityScored`); reported as ``qc_score`` when present.
         pacs: the DICOMweb server the inputs came from: each SEG is stored there too (when its ``store`` is on); one
             it refuses makes the input's row failed.
     """
@@ -88,12 +91,14 @@ class CaseOutputs:
         label_sides: bool = False,
         lung_fraction_range: tuple[float, float] = (0.05, 0.6),
         max_side_ratio: float = 2.5,
+        review_below: float = 0.97,
         seg_series_number: int = 900,
         software_version: str = "unknown",
         uid_seed: str = "",
         image_key: str = "image",
         pred_key: str = "pred",
         overlay_key: str = "overlay_image",
+        qc_key: str = "qc_score",
         pacs: DicomwebSource | None = None,
     ) -> None:
         self.output_dir = output_dir
@@ -108,10 +113,11 @@ class CaseOutputs:
         self.label_sides = label_sides
         self.lung_fraction_range = tuple(lung_fraction_range)
         self.max_side_ratio = max_side_ratio
+        self.review_below = float(review_below)
         self.seg_series_number = seg_series_number
         self.software_version = str(software_version)
         self.uid_seed = str(uid_seed)
-        self.image_key, self.pred_key, self.overlay_key = image_key, pred_key, overlay_key
+        self.image_key, self.pred_key, self.overlay_key, self.qc_key = image_key, pred_key, overlay_key, qc_key
         self.pacs = pacs if pacs is not None and pacs.store else None
 
     def __call__(self, item: dict, output: dict, kind: str = "") -> dict:
@@ -173,6 +179,10 @@ class CaseOutputs:
             measures = measure_lungs(mask, spacing, standard, self.lung_fraction_range, self.max_side_ratio)
             if str(safe_get(header, "ViewPosition", "") or "").strip().upper() in _LATERAL_VIEWS:
                 measures["quality_flags"].append("lateral_view")
+            score = output.get(self.qc_key, item.get(self.qc_key))  # MONAI's engines put a key transforms add there
+            measures["qc_score"] = None if score is None else round(float(score), 4)
+            if score is not None and score < self.review_below:
+                measures["quality_flags"].append("review")
 
         stem, out = item["output_stem"], self.output_dir
         paths, seg_uid = {}, None

@@ -51,6 +51,7 @@ from ..io.files import atomic_write, remove_temporary_files
 from ..training.distributed import get_rank, get_world_size, init_distributed
 from .dicomweb import PACS_FOLDER, DicomwebSource
 from .fault_tolerance import RunFault, run_fault
+from .review_page import write_review_page
 from .rle import ARCHIVE_NAME, write_mask_archive
 from .writers import output_stem, seg_sop_uid
 
@@ -89,6 +90,7 @@ COLUMNS = (
     "left_lung_area_cm2",
     "lung_fraction",
     "components",
+    "qc_score",
     "quality_flags",
     "mask_png",
     "mask_nifti",
@@ -419,7 +421,8 @@ class RunReport:
         }
 
     def write(self) -> dict:
-        """Write ``report.csv`` and ``report.json`` (atomically); return the summary."""
+        """Write ``report.csv``, ``report.json`` (atomically) and the review page (``review.html``); return the
+        summary."""
         rows = self.final_rows()
         summary = self.summary(rows)
         buffer = io.StringIO()
@@ -440,6 +443,7 @@ class RunReport:
             os.path.join(self.output_dir, "report.json"),
             lambda tmp: _write_text(tmp, json.dumps(document, indent=4, default=str)),
         )
+        write_review_page(self.output_dir, rows, summary, self.settings)
         return summary
 
     def finish(self, exit: bool = True) -> int:

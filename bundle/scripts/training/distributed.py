@@ -30,6 +30,8 @@ from monai.handlers import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from .curves import TrainingCurves
+
 __all__ = [
     "RANK_ZERO_ONLY_HANDLERS",
     "BroadcastBuffers",
@@ -60,6 +62,7 @@ RANK_ZERO_ONLY_HANDLERS: tuple[type, ...] = (
     MLFlowHandler,
     ClearMLHandler,
     BaseLogger,  # ignite's loggers, e.g. ProgressBar
+    TrainingCurves,
 )
 
 
