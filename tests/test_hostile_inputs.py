@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.batch.fault_tolerance import ERROR_KEY, STATUS_KEY, GuardedDataset
-from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK
+from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK, REPORT_FILES
 from scripts.io.discovery import classify_file
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def check_accounted_for(src: Path, out: Path, status: int) -> dict[str, dict]:
     listed = {r[c] for r in rows for c in ("mask_png", "mask_nifti", "seg_dicom", "overlay") if r[c]}
     for path in out.rglob("*"):
         relative = str(path.relative_to(out))
-        if path.is_file() and relative not in ("report.csv", "report.json") and not relative.startswith("records/"):
+        if path.is_file() and relative not in REPORT_FILES and not relative.startswith("records/"):
             assert relative in listed, f"{relative}: written, but no report row lists it"
         assert not path.name.startswith(".tmp-"), f"{relative}: a temporary file was left behind"
     summary = json.loads((out / "report.json").read_text())["summary"]

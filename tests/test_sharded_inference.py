@@ -17,7 +17,7 @@ import pytest
 from conftest import BUNDLE, run, run_bundle, synthetic_folder
 from PIL import Image
 
-from scripts.batch.report import EXIT_INPUTS_FAILED, read_records
+from scripts.batch.report import EXIT_INPUTS_FAILED, REPORT_FILES, read_records
 
 SHARDED_CONFIGS = "['configs/inference.json','configs/multi_gpu_inference.json']"
 OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")
@@ -176,7 +176,7 @@ def test_killed_rank_loses_nothing_and_the_rerun_finishes(folder, model_args, tm
     assert sum(r["status"] == "ok" for r in rows) == 20
     listed = {r[c] for r in rows for c in OUTPUT_COLUMNS if r.get(c)}
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "records" not in p.parts}
-    assert on_disk == listed | {"report.csv", "report.json"}  # nothing left half-written, nothing twice
+    assert on_disk == listed | set(REPORT_FILES)  # nothing left half-written, nothing twice
     reused = {r[c] for r in rows if r["reused"] for c in OUTPUT_COLUMNS if r.get(c)}
     assert reused and reused <= set(finished)
     assert all((out / name).stat().st_mtime_ns == finished[name] for name in reused)  # not segmented again

@@ -51,7 +51,7 @@ from ..io.files import atomic_write, remove_temporary_files
 from ..training.distributed import get_rank, get_world_size, init_distributed
 from .dicomweb import PACS_FOLDER, DicomwebSource
 from .fault_tolerance import RunFault, run_fault
-from .review_page import write_review_page
+from .review_page import PAGE_NAME, ROWS_NAME, write_review_page
 from .rle import ARCHIVE_NAME, write_mask_archive
 from .writers import output_stem, seg_sop_uid
 
@@ -64,6 +64,7 @@ __all__ = [
     "FileProgressBar",
     "file_signature",
     "COLUMNS",
+    "REPORT_FILES",
     "EXIT_OK",
     "EXIT_INPUTS_FAILED",
 ]
@@ -102,6 +103,8 @@ COLUMNS = (
     "reused",
 )
 OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")
+# the files of the run as a whole in the output folder (besides records/ and the mask archive)
+REPORT_FILES = ("report.csv", "report.json", PAGE_NAME, ROWS_NAME)
 
 
 def file_signature(path: str) -> str:
