@@ -74,7 +74,7 @@ class CaseOutputs:
         pred_key: output key of the prediction; after ``postprocessing``, ``(1, x, y)`` on the input's grid.
         overlay_key: item key of the review image (:class:`scripts.transforms.image.ReviewImaged`).
         qc_key: key of the mask quality score after ``postprocessing``
-            (:class:`scripts.transforms.quality.LungQualityScored`); reported as ``qc_score`` when present.
+            (:class:`scripts.transforms.postprocess.KeepLungProbabilityd`); reported as ``qc_score`` when present.
         pacs: the DICOMweb server the inputs came from: each SEG is stored there too (when its ``store`` is on); one
             it refuses makes the input's row failed.
     """

@@ -30,6 +30,7 @@ from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from ..lungs import keep_lung_components, patient_right_on_image_left, split_lung_sides
+from ..quality import lung_quality_score
 
 __all__ = ["InverseInterpolationd", "KeepLungComponentsd", "KeepLungProbabilityd", "LabelLungSidesd"]
 
@@ -144,6 +145,8 @@ class KeepLungProbabilityd(MapTransform):
         min_fraction: components with fewer grid points than this fraction of the largest one are removed (0: none).
         fill_holes: fill the background regions the kept components enclose.
         connectivity: pixel connectivity (1: 4-neighbours; 2 or ``None``: 8-neighbours, MONAI's default).
+        score_key: also record the mask quality score (:func:`scripts.quality.lung_quality_score` of the probability
+            and the kept lungs) under this item key (``None``: no score).
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -155,10 +158,12 @@ class KeepLungProbabilityd(MapTransform):
         min_fraction: float = 0.0,
         fill_holes: bool = True,
         connectivity: int | None = None,
+        score_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = threshold
+        self.score_key = score_key
         self.keep = KeepLungComponentsd(
             keys, num_components, min_fraction, fill_holes, connectivity, allow_missing_keys
         )
@@ -169,6 +174,8 @@ class KeepLungProbabilityd(MapTransform):
             probability = d[key]
             lung = probability >= self.threshold
             kept = self.keep({key: lung})[key].bool()
+            if self.score_key is not None:  # from the probability as the network gave it, before it is cleaned
+                d[self.score_key] = lung_quality_score(convert_to_numpy(probability)[0], convert_to_numpy(kept)[0])
             cleaned = torch.where(kept & ~lung, 1.0, torch.where(lung & ~kept, 0.0, probability))
             d[key] = convert_to_dst_type(cleaned, dst=probability, dtype=probability.dtype)[0]
         return d
