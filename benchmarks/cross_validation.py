@@ -152,6 +152,7 @@ def main() -> None:
 
     sys.path.insert(0, str(BUNDLE))
     from scripts.data.datalist import find_pairs
+    from scripts.data.sampling import image_source
 
     cases = find_pairs(args.data)["pairs"]
     workdir = args.workdir or tempfile.mkdtemp(prefix="cxr-cv-")
@@ -208,6 +209,16 @@ def main() -> None:
         f"{statistics.median(values):.4f}, worst {dice[worst]:.4f} ({worst}); HD95 mean "
         f"{np.nanmean(list(hd95.values())):.1f} px, worst {np.nanmax(list(hd95.values())):.1f} px; "
         f"time {time.perf_counter() - start:.0f} s; work folder {workdir}"
+    )
+    by_source: dict[str, list[float]] = {}
+    for path, value in dice.items():
+        by_source.setdefault(image_source(path), []).append(value)
+    print(
+        "by source: "
+        + ", ".join(
+            f"{source or '(none)'} {len(v)} cases mean {statistics.mean(v):.4f} worst {min(v):.4f}"
+            for source, v in sorted(by_source.items())
+        )
     )
     if args.qc:
         print(f"\nqc_score against the true Dice (masks with Dice < {LOW_DICE} are the ones to find):")

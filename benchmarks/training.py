@@ -1,47 +1,84 @@
-"""Training throughput: the bundle's MONAI trainer (train.json) against the original tutorial loop, same run.
+"""Training throughput: the bundle's MONAI trainer (train.json) against the tutorial's loop, measured in the same run.
 
-The original loop is the tutorial's: FCN in plain fp32 eager PyTorch, NCHW, cross-entropy, Adam (lr 1e-3, weight decay
-2e-4), batch 4 at 224x224, data already in memory. The bundle's trainer is built from configs/train.json exactly as
-`monai.bundle run training` builds it (data loading, augmentation, loss, metrics and handlers included) on the
-synthetic default data, and timed over whole epochs after a warm-up epoch.
+Each variant runs in its own process, at the recipe's image size (``image_size`` of train.json, or ``--size``):
 
-    python benchmarks/training.py [--epochs 2] [--cases 40]
+* the tutorial's loop: FCN in plain fp32 eager PyTorch, NCHW, cross-entropy, Adam (lr 1e-3, weight decay 2e-4), batch
+  4, the data already in memory;
+* the training step alone: the bundle's network, loss and optimiser as train.json builds them (bf16 autocast and
+  channels-last where the CPU has native bf16), no data loading, no handlers: the ceiling of the trainer;
+* the bundle's trainer built from train.json exactly as ``monai.bundle run training`` builds it (data loading,
+  augmentation, loss, metrics, handlers and checkpoints included), on the synthetic default data, timed over whole
+  epochs between a warm-up epoch and the last one (whose final checkpoint a 200-epoch run pays once); once as
+  configured and once with ``--compile true`` (the first epoch's extra time, the compilation, reported);
+* with ``--baseline_bundle DIR``, the trainer of another bundle folder (e.g. the version before a change).
+
+    python benchmarks/training.py [--epochs 3] [--cases 40] [--baseline_bundle /tmp/old/bundle]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import BUNDLE, forward_flops, machine, measured_peak_flops, throughput
-from ignite.engine import Events
-from monai.bundle import ConfigParser
+
+BATCH = 4
 
 
-def original_loop_images_per_s(batch: int, size: int, device: str, seconds: float) -> float:
+def tutorial_loop(size: int, seconds: float) -> dict:
     from scripts.network import VGG16FCN
 
-    net = VGG16FCN().to(device).train()
+    net = VGG16FCN().train()
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=2e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    images = torch.rand(batch, 3, size, size, device=device)
-    labels = (torch.rand(batch, size, size, device=device) > 0.7).long()
+    images = torch.rand(BATCH, 3, size, size)
+    labels = (torch.rand(BATCH, size, size) > 0.7).long()
 
     def step():
         optimiser.zero_grad()
         loss_fn(net(images), labels).backward()
         optimiser.step()
 
-    return throughput(step, batch, seconds=seconds)
+    return {"images_per_s": throughput(step, BATCH, seconds=seconds)}
 
 
-def bundle_trainer_images_per_s(epochs: int, cases: int, overrides: dict) -> tuple[float, str]:
+def training_step(size: int, seconds: float) -> dict:
+    """The step train.json's trainer runs, without the data loader and the handlers."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"dataset_dir": "unused", "batch_size": BATCH})
+    fast, loss_fn = parser.get_parsed_content("fast_network"), parser.get_parsed_content("loss")
+    optimiser = parser.get_parsed_content("optimizer")
+    fast.train()
+    images = torch.rand(BATCH, 1, size, size)
+    labels = (torch.rand(BATCH, 1, size, size) > 0.7).float()
+
+    def step():
+        optimiser.zero_grad(set_to_none=True)
+        loss_fn(fast(images), labels).backward()
+        optimiser.step()
+
+    return {"images_per_s": throughput(step, BATCH, seconds=seconds), "precision": fast.precision}
+
+
+def trainer(bundle: str, epochs: int, cases: int, overrides: dict) -> dict:
+    """images/s of train.json's trainer in ``bundle`` over ``epochs`` epochs between a warm-up epoch and the last."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+
+    os.chdir(bundle)
+    sys.path.insert(0, bundle)
     from scripts.data.synthetic import generate_synthetic_dataset
 
-    os.chdir(BUNDLE)
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_synthetic_dataset(os.path.join(tmp, "data"), num_cases=cases)
         parser = ConfigParser()
@@ -53,46 +90,81 @@ def bundle_trainer_images_per_s(epochs: int, cases: int, overrides: dict) -> tup
                 "output_dir": os.path.join(tmp, "eval"),
                 "val_fraction": 0.1,
                 "test_fraction": 0.0,
-                "max_epochs": epochs + 1,
+                "max_epochs": epochs + 2,  # a warm-up epoch, the timed ones, and the last (its final save not timed)
                 "val_interval": 1000,  # training speed only
                 **overrides,
             }
         )
         parser.get_parsed_content("initialize")
-        trainer = parser.get_parsed_content("train#trainer")
+        engine = parser.get_parsed_content("train#trainer")
         times: list[float] = []
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: times.append(time.perf_counter()))
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: times.append(time.perf_counter()))
-        trainer.run()
+        engine.add_event_handler(Events.STARTED, lambda e: times.append(time.perf_counter()))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: times.append(time.perf_counter()))
+        engine.run()
         n_images = len(parser.get_parsed_content("datalist")["training"])
-        epoch_seconds = [times[i + 1] - times[i] for i in range(2, len(times), 2)]  # skip the warm-up epoch
-        precision = parser.get_parsed_content("fast_network").precision
-        return n_images * len(epoch_seconds) / sum(epoch_seconds), precision
+        steady = [b - a for a, b in zip(times[1:-2], times[2:-1], strict=True)]  # neither the first nor the last
+        first_epoch = times[1] - times[0]
+        return {
+            "images_per_s": n_images * len(steady) / sum(steady),
+            "first_epoch_extra_s": first_epoch - sum(steady) / len(steady),
+            "precision": parser.get_parsed_content("fast_network").precision,
+        }
+
+
+def in_subprocess(function: str, **kwargs) -> dict:
+    """Run ``function(**kwargs)`` of this file in a fresh Python process (no shared compiled code or thread pools)."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import training; "
+        f"print('RESULT' + json.dumps(training.{function}(**json.loads(sys.argv[1]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True, cwd=str(BUNDLE)
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{function}({kwargs}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT") :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs of the bundle trainer (after 1 warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each trainer (after 1 warm-up)")
     parser.add_argument("--cases", type=int, default=40, help="synthetic cases (90%% train)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="time the original loop at least this long")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time each bare loop at least this long")
+    parser.add_argument("--size", type=int, default=None, help="image size (default: train.json's image_size)")
+    parser.add_argument("--baseline_bundle", default=None, help="also time the trainer of this (older) bundle folder")
+    parser.add_argument("--no_compile", action="store_true", help="skip the --compile true trainer")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    size = args.size or recipe["image_size"][0]
     from scripts.network import VGG16FCN
 
-    train_flops_per_image = 3 * forward_flops(VGG16FCN().eval(), (1, 1, 224, 224))  # forward + ~2x for backward
-    peak = measured_peak_flops(device)
+    flops = 3 * forward_flops(VGG16FCN(in_channels=1).eval(), (1, 1, size, size))  # forward + ~2x for backward
+    peak = measured_peak_flops("cpu" if not torch.cuda.is_available() else "cuda")
     print(f"machine: {machine()}")
-    print(f"training FLOP per 224x224 image (fwd+bwd ~ 3x fwd): {train_flops_per_image / 1e9:.1f} G")
-    original = original_loop_images_per_s(4, 224, device, args.seconds)
-    bundle, precision = bundle_trainer_images_per_s(
-        args.epochs, args.cases, {"num_workers": 0 if device == "cpu" else 4}
-    )
-    for name, ips in (("original fp32 eager loop", original), (f"bundle trainer ({precision}, channels-last)", bundle)):
-        print(
-            f"{name:45s} {ips:6.2f} img/s  {ips * train_flops_per_image / 1e12:6.2f} TFLOP/s "
-            f"({100 * ips * train_flops_per_image / peak:4.1f}% of measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s)"
+    print(f"{size}x{size}, batch {BATCH}: training FLOP per image (fwd+bwd ~ 3x fwd) {flops / 1e9:.1f} G")
+    common = {"epochs": args.epochs, "cases": args.cases}
+    size_override = {"image_size": [size, size]}
+    runs = {"tutorial loop (fp32 eager, NCHW)": in_subprocess("tutorial_loop", size=size, seconds=args.seconds)}
+    if args.baseline_bundle:
+        runs["baseline trainer (" + args.baseline_bundle + ")"] = in_subprocess(
+            "trainer", bundle=str(Path(args.baseline_bundle).resolve()), overrides=size_override, **common
         )
-    print(f"ratio bundle / original: {bundle / original:.2f}x")
+    runs["training step alone (no data, no handlers)"] = in_subprocess("training_step", size=size, seconds=args.seconds)
+    runs["bundle trainer"] = in_subprocess("trainer", bundle=str(BUNDLE), overrides=size_override, **common)
+    if not args.no_compile:
+        runs["bundle trainer, --compile true"] = in_subprocess(
+            "trainer", bundle=str(BUNDLE), overrides={**size_override, "compile": True}, **common
+        )
+    reference = runs["tutorial loop (fp32 eager, NCHW)"]["images_per_s"]
+    for name, result in runs.items():
+        ips = result["images_per_s"]
+        extra = f", first epoch +{result['first_epoch_extra_s']:.0f} s" if "first_epoch_extra_s" in result else ""
+        print(
+            f"{name:55s} {ips:6.2f} img/s {ips / reference:5.2f}x  {ips * flops / 1e12:5.3f} TFLOP/s "
+            f"({100 * ips * flops / peak:4.1f}% of the measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s)"
+            f"{' ' + result['precision'] if 'precision' in result else ''}{extra}"
+        )
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ TRAINING_EFFECTS = [
     ("train", "amp", "train#trainer#amp", None),
     ("train", "amp", "validate#evaluator#amp", None),
     ("train", "channels_last", "fast_network", lambda network: network.channels_last),
+    ("train", "compile", "fast_network", lambda network: network._train_network is not network.network),
     ("train", "crop_padding", "train#deterministic_transforms#5#select_fn", lambda select: select is above_minimum),
     ("train", "resume", "resume_training", lambda resume: resume.checkpoint is not None),
     ("evaluate", "amp", "evaluator#amp", None),

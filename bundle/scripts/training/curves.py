@@ -7,6 +7,7 @@ import logging
 import math
 import os
 
+import torch
 from ignite.engine import Engine, Events
 
 from ..io.files import atomic_write
@@ -39,7 +40,7 @@ class TrainingCurves:
     ) -> None:
         self.path = os.path.join(output_dir, filename)
         self.evaluator, self.metric, self.loss_key = evaluator, metric, loss_key
-        self.losses: list[float] = []
+        self.losses: list = []
         self.epoch_losses: list[tuple[int, float]] = []
         self.scores: list[tuple[int, float]] = []
 
@@ -54,13 +55,15 @@ class TrainingCurves:
         items = output if isinstance(output, list) else [output]
         for item in items:
             if isinstance(item, dict) and self.loss_key in item:
-                self.losses.append(float(item[self.loss_key]))
+                # kept as a tensor on its device: a float() here would wait for the GPU at every step
+                loss = item[self.loss_key]
+                self.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
                 break
 
     def _epoch(self, engine: Engine) -> None:
         epoch = engine.state.epoch
-        if self.losses:
-            self.epoch_losses.append((epoch, sum(self.losses) / len(self.losses)))
+        if self.losses:  # one transfer per epoch
+            self.epoch_losses.append((epoch, float(sum(self.losses)) / len(self.losses)))
         self.losses = []
         state = getattr(self.evaluator, "state", None)
         # the evaluator ran for this epoch (ValidationHandler runs it with the trainer's epoch) and has the metric

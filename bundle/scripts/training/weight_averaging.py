@@ -1,0 +1,61 @@
+"""An exponential moving average (EMA) of the network's weights, the model that validation sees and training saves.
+
+The weights after the last optimiser step carry the noise of the last few batches; their running average over the
+last few hundred steps sits nearer the middle of the minimum the optimiser circles (Polyak averaging), at the cost of
+one extra copy of the weights and a multiply-add per parameter per step. PyTorch's ``AveragedModel`` keeps the copy
+and does the update (with ``use_buffers=True`` BatchNorm's running statistics are averaged too, so the averaged model
+needs no extra pass over the data); :class:`WeightAveraging` updates it after every training iteration, and the
+configs validate and save ``@averaged_network`` (``train.json``).
+"""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+__all__ = ["WeightAveraging"]
+
+
+class WeightAveraging:
+    """Keep an exponential moving average of ``network``'s weights and buffers, updated after every iteration.
+
+    Args:
+        network: the trained network (plain, or wrapped in DDP: its ``module`` is averaged).
+        decay: the weight of the old average at each step, in [0, 1); the average spans about ``1 / (1 - decay)``
+            steps. 0 turns averaging off: :attr:`model` is then ``network`` itself and nothing is copied.
+
+    Attributes:
+        model: the module to validate and save: the averaged copy (same class and state-dict keys as the network),
+            or the network when averaging is off.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float = 0.0) -> None:
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off); got {decay!r}.")
+        self.decay = float(decay)
+        plain = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+        self.network = plain
+        self.averaged = (
+            AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+            if self.decay > 0
+            else None
+        )
+        self.model = self.averaged.module if self.averaged is not None else plain
+
+    def attach(self, engine: Engine) -> None:
+        """Update the average after every iteration of ``engine`` (nothing when averaging is off)."""
+        if self.averaged is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+
+    @torch.no_grad()
+    def update(self, engine: Engine | None = None) -> None:
+        self.averaged.update_parameters(self.network)
+
+    def state_dict(self) -> dict:
+        """The average and its step count, for the interval checkpoint (empty when averaging is off)."""
+        return self.averaged.state_dict() if self.averaged is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.averaged is not None and state_dict:
+            self.averaged.load_state_dict(state_dict)
