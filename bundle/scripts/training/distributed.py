@@ -190,7 +190,7 @@ class BroadcastBuffers:
     exactly the model that is saved.
 
     Args:
-        module: the (DDP-wrapped) network.
+        module: the validated network (plain or DDP-wrapped; with a weight average, the averaged copy).
         src: the rank whose buffers win (0: the rank that saves).
     """
 
