@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from ignite.engine import Engine, Events
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 __all__ = ["WeightAveraging"]
 
@@ -37,7 +37,7 @@ class WeightAveraging:
         plain = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
         self.network = plain
         self.averaged = (
-            AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+            AveragedModel(plain, multi_avg_fn=self._average, use_buffers=True)
             if self.decay > 0
             else None
         )
@@ -47,6 +47,23 @@ class WeightAveraging:
         """Update the average after every iteration of ``engine`` (nothing when averaging is off)."""
         if self.averaged is not None:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+
+    def decay_at(self, n_averaged: int) -> float:
+        """The decay after ``n_averaged`` updates: ``min(decay, (1 + n) / (10 + n))``.
+
+        A fixed decay of 0.995 averages over the last ~200 steps; a run of 60 steps would save weights still half made
+        of its first, untrained steps (a 12-epoch test run scored Dice 0.24 instead of 0.9). The warm-up keeps the
+        horizon at about a tenth of the steps so far until that reaches ``1 / (1 - decay)`` (after ~1800 steps for
+        0.995; a 1600-step cross-validation fold ends at 0.9944).
+        """
+        return min(self.decay, (1.0 + n_averaged) / (10.0 + n_averaged))
+
+    def _average(self, averaged: list, current: list, n_averaged) -> None:
+        """``AveragedModel``'s update of one group of tensors of the same device and dtype."""
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(int(n_averaged)))
+        else:  # integer buffers (BatchNorm's num_batches_tracked): a count, not something to average
+            torch._foreach_copy_(averaged, current)
 
     @torch.no_grad()
     def update(self, engine: Engine | None = None) -> None:
