@@ -36,11 +36,7 @@ class WeightAveraging:
         self.decay = float(decay)
         plain = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
         self.network = plain
-        self.averaged = (
-            AveragedModel(plain, multi_avg_fn=self._average, use_buffers=True)
-            if self.decay > 0
-            else None
-        )
+        self.averaged = AveragedModel(plain, multi_avg_fn=self._average, use_buffers=True) if self.decay > 0 else None
         self.model = self.averaged.module if self.averaged is not None else plain
 
     def attach(self, engine: Engine) -> None:
