@@ -63,22 +63,25 @@ case "$STUDIES" in http://*|https://*) PACS=true ;; esac
 mkdir -p "$WORKSPACE"
 $PACS || mkdir -p "$STUDIES"
 WORKSPACE="$(cd "$WORKSPACE" && pwd)"
-# on a PACS, the app is monaibundle with the radiograph DICOMweb datastore of monailabel/pacs_app
+# the app is monaibundle with this bundle's trainer (monailabel/folder_app), on a PACS with the radiograph DICOMweb
+# datastore too (monailabel/pacs_app)
 APP="$WORKSPACE/monaibundle"
-$PACS && APP="$WORKSPACE/monaibundle-pacs"
-if [ ! -f "$APP/main.py" ] && [ ! -f "$APP/bundle_app.py" ]; then
+APP_SOURCE="$REPO/monailabel/folder_app"
+$PACS && APP="$WORKSPACE/monaibundle-pacs" && APP_SOURCE="$REPO/monailabel/pacs_app"
+if [ ! -f "$APP/bundle_app.py" ]; then
     # the app ships inside the monailabel package: this copies it, nothing is downloaded. Copied through a temporary
     # folder because MONAI Label refuses to copy into an existing one, and model/ may already hold bundles.
     download="$(mktemp -d "$WORKSPACE/.monaibundle-XXXXXX")"
     "$VENV/bin/python" -m monailabel.main apps --download --name monaibundle --output "$download" >/dev/null
     mkdir -p "$APP"
+    rm -rf "$APP/lib" "$APP/main.py"  # an app set up before the bundle had its own trainer: the sample's files anew
     cp -a -n "$download/monaibundle/." "$APP/"
     rm -rf "$download"
-    if $PACS; then mv "$APP/main.py" "$APP/bundle_app.py"; fi
+    mv "$APP/main.py" "$APP/bundle_app.py"
 fi
+# refreshed at every start, so the app runs the repository's current version
+cp "$APP_SOURCE"/*.py "$REPO/monailabel/served_model_training.py" "$APP/"
 if $PACS; then
-    # refreshed at every start, so the app runs the repository's current version
-    cp "$REPO/monailabel/pacs_app/main.py" "$REPO/monailabel/pacs_app/radiograph_dicomweb.py" "$APP/"
     export MONAI_LABEL_DICOMWEB_CACHE_PATH="${MONAI_LABEL_DICOMWEB_CACHE_PATH:-$WORKSPACE/dicomweb-cache}"
 fi
 mkdir -p "$APP/model"

@@ -144,6 +144,7 @@ def train_tiny_model(
     )
     return {
         "models": workdir / "models",
+        "weights": workdir / "models" / "model_trained.pt",  # train.json's model_file: never the shipped model.pt
         "eval": workdir / "eval",
         "data": Path(data),
         "log": proc.stdout + proc.stderr,
@@ -178,7 +179,7 @@ def model_args(trained_model) -> list[str]:
     its weights (whose ``model.json`` gives the input size it was trained at), no worker processes, small overlays."""
     return [
         "--ckpt_path",
-        str(trained_model["models"] / "model.pt"),
+        str(trained_model["weights"]),
         "--num_workers",
         "0",
         "--batch_size",

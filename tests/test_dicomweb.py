@@ -130,7 +130,7 @@ def test_demo_script_brings_the_stack_up_and_shows_a_seg_in_ohif(tmp_path, train
     from PIL import Image
 
     shot = tmp_path / "ohif.png"
-    weights = str(trained_model["models"] / "model.pt")
+    weights = str(trained_model["weights"])
     proc = run([sys.executable, str(REPO / "pacs" / "demo.py"), "--ckpt_path", weights,
                 "--workdir", str(tmp_path / "demo"), "--screenshot", str(shot)], cwd=REPO)  # fmt: skip
     assert "segmented: 6 ok, 0 skipped, 0 failed" in proc.stdout

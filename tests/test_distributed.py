@@ -102,11 +102,14 @@ def test_torchrun_two_cpu_processes(ddp_run):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 14 + 4
 
     # exactly one best model and one resume checkpoint, written by rank 0
-    assert [p.name for p in tmp_path.rglob("model.pt")] == ["model.pt"]
-    assert sorted(p.name for p in (tmp_path / "models").glob("*.pt")) == [f"checkpoint_epoch={EPOCHS}.pt", "model.pt"]
+    assert [p.name for p in tmp_path.rglob("model_trained.pt")] == ["model_trained.pt"]
+    assert sorted(p.name for p in (tmp_path / "models").glob("*.pt")) == [
+        f"checkpoint_epoch={EPOCHS}.pt",
+        "model_trained.pt",
+    ]
 
-    # model.pt is a plain state dict that loads into the single-process network
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    # model_trained.pt is a plain state dict that loads into the single-process network
+    state = torch.load(tmp_path / "models" / "model_trained.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state)
     net = VGG16FCN(out_channels=2, in_channels=1).eval()
     net.load_state_dict(state)
@@ -118,22 +121,24 @@ def test_torchrun_two_cpu_processes(ddp_run):
     (tmp_path / "one.json").write_text(json.dumps({"testing": [{"image": str(image)}]}))
     run_bundle(
         "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
-        "--dataset_dir", str(tmp_path / "one.json"), "--ckpt_path", str(tmp_path / "models" / "model.pt"),
+        "--dataset_dir", str(tmp_path / "one.json"), "--ckpt_path", str(tmp_path / "models" / "model_trained.pt"),
         "--output_dir", str(tmp_path / "inference"), "--image_size", f"[{IMAGE_SIZE},{IMAGE_SIZE}]",
         "--num_workers", "0", "--write_seg", "false", "--write_overlay", "off",
     )  # fmt: skip
     (mask_file,) = (tmp_path / "inference").rglob("SYNTH_0000*_mask.png")
     assert Image.open(mask_file).size == Image.open(image).size
 
-    # the validation Dice the 2 ranks reported (all-gathered) is the Dice of model.pt over the WHOLE validation set
+    # the validation Dice the 2 ranks reported (all-gathered) is the Dice of the saved model over the WHOLE validation set
     checkpoint = torch.load(tmp_path / "models" / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)
     best_score, _ = checkpoint["best_model_saver"]["_saved"][0]
-    assert validation_dice(tmp_path / "models" / "model.pt", data, tmp_path) == pytest.approx(best_score, abs=1e-3)
+    assert validation_dice(tmp_path / "models" / "model_trained.pt", data, tmp_path) == pytest.approx(
+        best_score, abs=1e-3
+    )
 
 
 @pytest.mark.slow
 def test_multi_gpu_evaluate_matches_single_process(ddp_run, tmp_path):
-    model = str(ddp_run["dir"] / "models" / "model.pt")
+    model = str(ddp_run["dir"] / "models" / "model_trained.pt")
     args = [
         "--dataset_dir",
         ddp_run["data"],
@@ -194,7 +199,7 @@ def test_fewer_validation_cases_than_ranks(tmp_path):
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=6, seed=100)  # 4 training, 1 validation
     log = run_torchrun(tmp_path, data, epochs=1)
     assert "4 training, 1 validation" in log and log.count("Epoch[1] Metrics -- val_mean_dice") == 1
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "model_trained.pt").is_file()
 
 
 def _broadcast_worker(rank: int, world_size: int, store: str, results: str) -> None:

@@ -91,7 +91,7 @@ def test_evaluate_on_real_radiographs_prints_per_case_and_mean_dice(real_trained
         "--output_dir",
         str(tmp_path / "eval"),
         "--ckpt_path",
-        str(real_trained_model["models"] / "model.pt"),
+        str(real_trained_model["weights"]),
         "--num_workers",
         "0",
     )

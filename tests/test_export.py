@@ -59,13 +59,13 @@ def export_model(model: Path, out: Path, images: torch.Tensor) -> dict:
 def exports(trained_model, tmp_path_factory) -> dict:
     """The synthetic-data model, exported once per module."""
     images = png_batch(sorted((trained_model["data"] / "images").glob("*.png"))[:4], 96)
-    return export_model(trained_model["models"] / "model.pt", tmp_path_factory.mktemp("export"), images)
+    return export_model(trained_model["weights"], tmp_path_factory.mktemp("export"), images)
 
 
 @pytest.fixture(scope="module")
 def real_exports(real_trained_model, tmp_path_factory) -> dict:
     """The model trained on real radiographs (whose masks on real images are lungs), exported."""
-    return export_model(real_trained_model["models"] / "model.pt", tmp_path_factory.mktemp("real_export"), None)
+    return export_model(real_trained_model["weights"], tmp_path_factory.mktemp("real_export"), None)
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def test_bf16_masks_match_fp32_masks_on_real_radiographs(real_trained_model, rea
     names = sorted(p.name for p in (real_sample / "images").glob("CHNCXR_*.png"))[:3] + ["MCUCXR_0196_1.png"]
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": str(real_sample / "images" / n)} for n in names]}))
-    weights = str(real_trained_model["models"] / "model.pt")
+    weights = str(real_trained_model["weights"])
     common = ["--dataset_dir", str(datalist), "--ckpt_path", weights, "--image_size", "[96,96]",
               "--num_workers", "0", "--write_seg", "False", "--write_overlay", "False"]  # fmt: skip
     masks = {}

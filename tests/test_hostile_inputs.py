@@ -121,7 +121,7 @@ def masks_by_input(out: Path, rows: dict[str, dict], prefix: str = "") -> dict[s
 
 @pytest.fixture(scope="module")
 def model(trained_model) -> Path:
-    return trained_model["models"] / "model.pt"
+    return trained_model["weights"]
 
 
 @pytest.fixture(scope="module")

@@ -267,9 +267,10 @@ def _bundle_copy(destination: Path, weights: Path | None) -> Path:
 
     shutil.copytree(BUNDLE, destination, ignore=ignored)
     (destination / "models").mkdir()
-    if weights is not None:
+    if weights is not None:  # in the place and with the settings of shipped release weights
         shutil.copy(weights, destination / "models" / "model.pt")
-        shutil.copy(weights.with_suffix(".json"), destination / "models" / "model.json")
+        settings = json.loads(weights.with_suffix(".json").read_text())
+        (destination / "models" / "model.json").write_text(json.dumps({**settings, "release": "test"}))
     path = destination / "configs" / "train.json"
     content = json.loads(path.read_text())
     content["image_size"] = IMAGE_SIZE
@@ -281,7 +282,7 @@ def _bundle_copy(destination: Path, weights: Path | None) -> Path:
 def server(tmp_path_factory, studies, trained_model):
     workspace = tmp_path_factory.mktemp("monailabel_workspace")
     models = workspace / "monaibundle" / "model"
-    _bundle_copy(models / MODEL, trained_model["models"] / "model.pt")
+    _bundle_copy(models / MODEL, trained_model["weights"])
     _bundle_copy(models / UNTRAINED, None)
     server = _start_server(workspace, studies["folder"], workspace / "server.log")
     server.models = models
@@ -303,7 +304,7 @@ def _mask(path: Path) -> np.ndarray:
 def reference(tmp_path_factory, studies, trained_model) -> dict:
     """Masks of the PNG, JPEG and DICOM studies from ``inference.json`` (batch inference, bundle environment) with the
     same weights and image size as the app's copy: what ``/infer`` must return."""
-    return _batch_masks(tmp_path_factory.mktemp("reference"), studies, trained_model["models"] / "model.pt")
+    return _batch_masks(tmp_path_factory.mktemp("reference"), studies, trained_model["weights"])
 
 
 def _batch_masks(workdir: Path, studies: dict, weights: Path) -> dict[str, np.ndarray]:
@@ -411,6 +412,10 @@ def test_corrected_labels_retrain_the_model_and_infer_uses_the_new_weights(serve
     task = server.train(MODEL, {"max_epochs": 2, "val_split": 0.0})
     assert task["status"] == "DONE", f"{task}\n{server.log_tail()}"
     assert _sha256(weights) != before, "training did not write models/model.pt"
+    # the shipped weights it replaced are kept, and offered as a model file
+    assert _sha256(weights.parent / "model_release.pt") == before
+    assert json.loads((weights.parent / "model_release.json").read_text())["release"] == "test"
+    assert "release" not in json.loads((weights.parent / "model.json").read_text())
     import torch
 
     from scripts.network import VGG16FCN
@@ -445,7 +450,8 @@ def test_a_bundle_without_weights_trains_from_scratch(server, studies, tmp_path)
 @pytest.mark.slow
 def test_training_without_validation_data_still_saves_the_model(tmp_path):
     """``train.json`` in the bundle's own environment with an empty validation list, as MONAI Label's ``val_split`` 0
-    gives: ``model.pt`` is written although no validation metric is ever computed."""
+    gives: the model (``model_trained.pt`` from the command line) is written although no validation metric is ever
+    computed."""
     from scripts.data.synthetic import generate_synthetic_dataset
 
     data = Path(generate_synthetic_dataset(str(tmp_path / "data"), num_cases=4, seed=7))
@@ -474,7 +480,7 @@ def test_training_without_validation_data_still_saves_the_model(tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert "val_mean_dice" not in log  # no validation ran...
-    assert (tmp_path / "models" / "model.pt").is_file(), log[-3000:]  # ...and the model was saved all the same
+    assert (tmp_path / "models" / "model_trained.pt").is_file(), log[-3000:]  # ...and the model was saved all the same
 
 
 def test_start_server_explains_what_is_missing(tmp_path):

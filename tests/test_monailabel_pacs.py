@@ -76,7 +76,7 @@ def radiographs(pacs, tmp_path_factory) -> dict:
 def server(tmp_path_factory, pacs, radiographs, trained_model):
     workspace = tmp_path_factory.mktemp("monailabel_pacs_workspace")
     models = workspace / "monaibundle-pacs" / "model"
-    _bundle_copy(models / MODEL, trained_model["models"] / "model.pt")
+    _bundle_copy(models / MODEL, trained_model["weights"])
     server = _start_server(workspace, pacs.dicomweb_url, workspace / "server.log", models=(MODEL,))
     server.models = models
     try:
@@ -130,7 +130,7 @@ def test_infer_on_a_pacs_radiograph_gives_the_batch_inference_mask(server, radio
         "--output_dir",
         str(tmp_path / "out"),
         "--ckpt_path",
-        str(trained_model["models"] / "model.pt"),
+        str(trained_model["weights"]),
         "--write_seg",
         "false",
         "--write_overlay",

@@ -78,7 +78,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
 
     # what the kill left is complete: the best model and the resume checkpoint both load
     net = VGG16FCN(out_channels=2, in_channels=1)
-    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(models / "model_trained.pt", weights_only=True))
     checkpoint = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == ITERATIONS  # ignite stores the iteration: 1 epoch
     best_before = checkpoint["best_model_saver"]["_saved"][0][0]
@@ -96,11 +96,15 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert "Engine run finished" in resumed
 
     # the killed run's checkpoint went through the rotation: nothing stale is left behind
-    assert sorted(p.name for p in models.iterdir()) == [f"checkpoint_epoch={EPOCHS}.pt", "model.json", "model.pt"]
-    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    assert sorted(p.name for p in models.iterdir()) == [
+        f"checkpoint_epoch={EPOCHS}.pt",
+        "model_trained.json",
+        "model_trained.pt",
+    ]
+    net.load_state_dict(torch.load(models / "model_trained.pt", weights_only=True))
     final = torch.load(models / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * ITERATIONS
-    # the best-model tracker survived the restart: model.pt holds the best epoch of BOTH runs
+    # the best-model tracker survived the restart: model_trained.pt holds the best epoch of BOTH runs
     all_dice = {**val_dice(first), **val_dice(resumed)}
     assert final["best_model_saver"]["_saved"][0][0] == pytest.approx(max(all_dice.values()), abs=1e-4)
 

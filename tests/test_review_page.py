@@ -42,7 +42,7 @@ def run_output(real_trained_model, tmp_path_factory) -> Path:
         "--output_dir",
         str(out),
         "--ckpt_path",
-        str(real_trained_model["models"] / "model.pt"),
+        str(real_trained_model["weights"]),
         "--num_workers",
         "0",
         expect=3,  # one input failed

@@ -19,7 +19,7 @@ def best_val_dice(log: str) -> float:
 
 @pytest.mark.slow
 def test_training_writes_a_plain_state_dict_and_learns(trained_model):
-    model_file = trained_model["models"] / "model.pt"
+    model_file = trained_model["weights"]
     assert model_file.is_file()
     state = torch.load(model_file, map_location="cpu", weights_only=True)
     VGG16FCN().load_state_dict(state)  # plain state dict of the bundle's network, strict
@@ -37,11 +37,12 @@ def test_the_model_settings_travel_with_the_weights(trained_model):
     """Training writes the settings the model was trained with beside its weights; inference reads them from there,
     so the model runs at its own size without being told (``trained_model`` was trained at 96 x 96, the recipe's
     default is 128 x 128)."""
-    from scripts.settings import trained_settings
+    from scripts.settings import file_sha256, trained_settings
 
-    written = json.loads((trained_model["models"] / "model.json").read_text())
+    written = json.loads((trained_model["models"] / "model_trained.json").read_text())
+    assert written.pop("sha256") == file_sha256(str(trained_model["weights"]))
     assert written == {"image_size": [96, 96], "crop_padding": True, "num_classes": 2}
-    assert trained_settings(str(trained_model["models"] / "model.pt")) == written
+    assert trained_settings(str(trained_model["weights"])) == written
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     assert recipe["image_size"] != written["image_size"]  # the check above is not the default by chance
 

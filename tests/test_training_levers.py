@@ -164,7 +164,7 @@ def test_training_with_every_lever_saves_the_averaged_model(tmp_path):
         ),
     )  # fmt: skip
     models = trained["models"]
-    saved = torch.load(models / "model.pt", weights_only=True)
+    saved = torch.load(models / "model_trained.pt", weights_only=True)
     checkpoint = torch.load(models / "checkpoint_epoch=3.pt", weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in checkpoint["weight_averaging"].items()}
     assert int(averaged.pop("n_averaged")) == checkpoint["trainer"]["iteration"]

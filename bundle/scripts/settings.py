@@ -8,17 +8,30 @@
   its weights, in ``model.json`` beside ``model.pt`` (written by training, :func:`write_model_settings`), so that
   inference and evaluation run a model at the size it was trained at without being told. Weights without that file
   get the recipe of ``configs/train.json``, the one place where its defaults are written.
+* :func:`verify_weights`: ``model.json`` also records the SHA-256 of its weights file; the bundle's loader checks it, so
+  a truncated download, a Git LFS pointer or weights swapped without their settings fail with a message instead of
+  segmenting with the wrong model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 from .io.files import atomic_write
 
-__all__ = ["is_on", "ON_WORDS", "OFF_WORDS", "MODEL_SETTINGS", "trained_settings", "write_model_settings"]
+__all__ = [
+    "is_on",
+    "ON_WORDS",
+    "OFF_WORDS",
+    "MODEL_SETTINGS",
+    "trained_settings",
+    "write_model_settings",
+    "file_sha256",
+    "verify_weights",
+]
 
 ON_WORDS = ("true", "yes", "on", "1")
 OFF_WORDS = ("false", "no", "off", "0")
@@ -53,10 +66,21 @@ def settings_file(weights: str) -> str:
     return os.path.splitext(str(weights))[0] + ".json"
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, as lowercase hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_model_settings(weights: str, settings: dict) -> str:
-    """Write the settings the model in ``weights`` was trained with (:data:`MODEL_SETTINGS`), atomically, beside it."""
+    """Write the settings the model in ``weights`` was trained with (:data:`MODEL_SETTINGS`) and the file's SHA-256,
+    atomically, beside it."""
     values = {key: settings[key] for key in MODEL_SETTINGS}
     values["crop_padding"] = is_on(values["crop_padding"])
+    values["sha256"] = file_sha256(weights)
     text = json.dumps(values, indent=4) + "\n"
 
     def write(tmp: str) -> None:
@@ -89,3 +113,26 @@ def trained_settings(weights: str) -> dict:
         "crop_padding": is_on(found["crop_padding"]),
         "num_classes": int(found["num_classes"]),
     }
+
+
+def verify_weights(weights: str) -> None:
+    """Check ``weights`` against the SHA-256 its ``model.json`` records (weights without one are not checked).
+
+    Raises:
+        ValueError: the file is not the one its settings were written for, naming both checksums and what to do.
+    """
+    path = settings_file(weights)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        expected = json.load(f).get("sha256")
+    if not expected:
+        return
+    found = file_sha256(weights)
+    if found != expected:
+        raise ValueError(
+            f"{weights} has SHA-256 {found}, but {path} was written for a file with SHA-256 {expected}: the weights "
+            "are damaged or not the ones their settings describe (a partial copy, a Git LFS pointer, or another "
+            "model's file). Restore the file (git checkout -- models/), or give the weights with their own settings "
+            "file."
+        )

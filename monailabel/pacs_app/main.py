@@ -8,7 +8,9 @@ datastore is made for CT series (see ``monailabel/README.md``, "MONAI Label on a
   DX by default), hands the bundle each radiograph as the DICOM file it is, and stores a final label as a DICOM SEG
   written by the bundle's own writer;
 * nothing is downloaded at start-up: MONAI Label's app fetches dcmqi from GitHub to write SEGs, which this app does
-  not use.
+  not use;
+* ``/train`` writes the served ``models/model.pt`` and keeps the shipped weights (:mod:`served_model_training`), as
+  on a folder.
 
 Settings (``--conf NAME VALUE``): ``modalities`` (comma-separated, default ``CR,DX``), the radiograph modalities the
 PACS is searched for. The DICOMweb client is made from MONAI Label's own settings (``MONAI_LABEL_DICOMWEB_USERNAME``
@@ -27,6 +29,7 @@ from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from radiograph_dicomweb import RadiographDicomwebDatastore
+from served_model_training import served_model_trainers
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ logger = logging.getLogger(__name__)
 # reached through its module, not imported by name, and MONAILabelApp is named among this class's bases
 class RadiographPacsApp(bundle_app.MyApp, MONAILabelApp):
     """The ``monaibundle`` app with a DICOMweb datastore for radiographs (see the module's docstring)."""
+
+    def init_trainers(self) -> dict:
+        return served_model_trainers(self)
 
     def _download_dcmqi_tools(self) -> None:
         """Nothing to download: SEGs are written by the bundle (highdicom), not by dcmqi's ``itkimage2segimage``."""

@@ -10,6 +10,9 @@ Accepted inputs for ``dataset_dir``:
   otherwise one is split off ``training``;
 * nothing (``""``/``None``): the synthetic default set is generated (see :mod:`scripts.data.synthetic`).
 
+A split file (``split_file``: a decathlon datalist whose paths are relative to ``dataset_dir``) fixes which case goes
+where; the bundle keeps the one its release model was trained with (``configs/datalist_kaggle_lungs_512.json``).
+
 Splits are seeded and stable: a case's split depends only on the seed and the sorted list of cases.
 """
 
@@ -122,6 +125,20 @@ def _from_datalist_file(path: str, val_fraction: float, seed: int) -> dict[str, 
     return lists
 
 
+def _from_split_file(split_file: str, dataset_dir: str) -> dict[str, list]:
+    """The lists of ``split_file``, their paths relative to ``dataset_dir``; every file must exist."""
+    with open(split_file) as f:
+        keys = [k for k in json.load(f) if k in ("training", "validation", "test")]
+    lists = {k: load_decathlon_datalist(split_file, True, k, base_dir=dataset_dir) for k in keys}
+    missing = [c["image"] for cases in lists.values() for c in cases if not os.path.isfile(c["image"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{split_file}: {len(missing)} of its cases are not in {dataset_dir} (first: {missing[0]}); "
+            "give the data folder the split was made for as --dataset_dir."
+        )
+    return {k: lists.get(k, []) for k in ("training", "validation", "test")}
+
+
 def prepare_datalist(
     dataset_dir: str | None,
     output_file: str | None = None,
@@ -129,6 +146,7 @@ def prepare_datalist(
     val_fraction: float = 0.2,
     test_fraction: float = 0.1,
     seed: int = 0,
+    split_file: str | None = None,
 ) -> dict[str, list]:
     """Make the datalist the training and evaluation configs use, and optionally write it as JSON.
 
@@ -139,14 +157,20 @@ def prepare_datalist(
         val_fraction: fraction of labelled cases for validation.
         test_fraction: fraction of labelled cases held out for testing (``evaluate.json``).
         seed: split seed.
+        split_file: a datalist JSON whose paths are relative to ``dataset_dir`` (a folder): its lists are used
+            instead of a seeded split. Ignored without ``dataset_dir``.
 
     Returns:
         ``{"training", "validation", "test", "unpaired_images", "unpaired_masks", "unlabelled"}`` lists.
     """
+    split_file = split_file if dataset_dir else None  # the synthetic default set has its own seeded split
     if not dataset_dir:
         dataset_dir = generate_synthetic_dataset(synthetic_dir)
     dataset_dir = os.path.abspath(os.path.expanduser(str(dataset_dir)))
-    if os.path.isfile(dataset_dir):
+    if split_file and os.path.isdir(dataset_dir):
+        datalist = _from_split_file(os.path.abspath(split_file), dataset_dir)
+        datalist.update(unpaired_images=[], unpaired_masks=[], unlabelled=[])
+    elif os.path.isfile(dataset_dir):
         datalist = _from_datalist_file(dataset_dir, val_fraction, seed)
         datalist.update(unpaired_images=[], unpaired_masks=[], unlabelled=[])
     elif os.path.isdir(dataset_dir):
@@ -175,7 +199,9 @@ def prepare_datalist(
     return datalist
 
 
-def evaluation_cases(dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split: str = "all") -> list:
+def evaluation_cases(
+    dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split: str = "all", split_file: str | None = None
+) -> list:
     """The ``{"image", "label"}`` cases to evaluate.
 
     Args:
@@ -183,17 +209,18 @@ def evaluation_cases(dataset_dir: str | None, synthetic_dir: str = "./data/synth
             file, or empty for the held-out test split of the synthetic default set.
         synthetic_dir: where the synthetic default set is (generated when missing).
         split: ``"all"`` for every labelled case of a folder (every list of a datalist file), or one of
-            ``"training"``, ``"validation"``, ``"test"`` (the same seeded split as training).
+            ``"training"``, ``"validation"``, ``"test"`` (the same split as training).
+        split_file: the split file training used (see :func:`prepare_datalist`), if any.
     """
     if not dataset_dir:
         cases = prepare_datalist(None, synthetic_dir=synthetic_dir)["test"]
-    elif split == "all" and os.path.isdir(str(dataset_dir)):
+    elif split == "all" and os.path.isdir(str(dataset_dir)) and not split_file:
         cases = find_pairs(str(dataset_dir))["pairs"]
     elif split == "all":
-        lists = prepare_datalist(dataset_dir)
+        lists = prepare_datalist(dataset_dir, split_file=split_file)
         cases = lists["training"] + lists["validation"] + lists["test"]
     else:
-        cases = prepare_datalist(dataset_dir)[split]
+        cases = prepare_datalist(dataset_dir, split_file=split_file)[split]
     if not cases:
         raise ValueError(f"no labelled cases to evaluate in {dataset_dir or synthetic_dir} (split {split!r})")
     logger.info("evaluating %d cases", len(cases))

@@ -15,8 +15,8 @@
 * :class:`SaveModelWithoutValidation`: ``model.pt`` after every epoch when there is no validation data (MONAI's
   evaluator skips an empty loader, so the best-metric saver would never write one).
 * :class:`ResumeTraining`: ``--resume true`` continues from the newest interval checkpoint.
-* :func:`load_weights`: loading for inference and evaluation, as a fault of the run when the weights are missing or
-  do not fit.
+* :func:`load_weights`: loading for inference and evaluation, their checksum verified, as a fault of the run when the
+  weights are missing, damaged or do not fit.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from ..batch.fault_tolerance import RunFault
 from ..io.errors import describe_error
 from ..io.files import atomic_write, remove_temporary_files
-from ..settings import is_on, write_model_settings
+from ..settings import is_on, verify_weights, write_model_settings
 from .distributed import get_rank
 
 __all__ = [
@@ -312,6 +312,10 @@ def load_weights(loader, engine) -> None:
             f"no weights at {path}: train the model first (python -m monai.bundle run training --config_file "
             "configs/train.json) or pass --ckpt_path /path/to/model.pt"
         )
+    try:
+        verify_weights(path)
+    except ValueError as exc:
+        raise RunFault(str(exc)) from exc
     try:
         loader(engine)
     except Exception as exc:
