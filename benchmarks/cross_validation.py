@@ -135,7 +135,7 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default=None, help="keep fold models and logs here (default: a temp folder)")
     parser.add_argument(
-        "--reuse_models", action="store_true", help="skip training where the work folder has the fold's model.pt"
+        "--reuse_models", action="store_true", help="skip training where the fold's folder has its model_trained.pt"
     )
     parser.add_argument(
         "--val_fraction",
@@ -176,14 +176,14 @@ def main() -> None:
         with open(datalist, "w") as f:
             json.dump({"training": train, "test": held_out}, f, indent=2)
         t0 = time.perf_counter()
-        if not (args.reuse_models and os.path.isfile(f"{fold_dir}/models/model.pt")):
+        if not (args.reuse_models and os.path.isfile(f"{fold_dir}/models/model_trained.pt")):
             train_args = ["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
                           "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train",
                           "--val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
             run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
         evaluation = [*inference_overrides, *args.eval_args.split()]
-        eval_dir = evaluate(datalist, f"{fold_dir}/models/model.pt", f"{fold_dir}/{args.eval_dir}", evaluation)
+        eval_dir = evaluate(datalist, f"{fold_dir}/models/model_trained.pt", f"{fold_dir}/{args.eval_dir}", evaluation)
         fold_dice, fold_hd = read_metric(eval_dir, "dice"), read_metric(eval_dir, "hd95")
         dice.update(fold_dice)
         hd95.update(fold_hd)
@@ -195,7 +195,8 @@ def main() -> None:
                 json.dump({"training": [], "test": bad}, f, indent=2)
             # a Montgomery radiograph (4020 x 4892) rotated with its corners kept is above the default size limit
             bigger = ["--max_image_pixels", "60000000"]
-            bad_dir = evaluate(bad_list, f"{fold_dir}/models/model.pt", f"{eval_dir}_degraded", evaluation + bigger)
+            weights = f"{fold_dir}/models/model_trained.pt"
+            bad_dir = evaluate(bad_list, weights, f"{eval_dir}_degraded", evaluation + bigger)
             qc["degraded"] += paired(bad_dir)
         print(
             f"fold {fold}: {len(held_out)} held out, mean Dice {statistics.mean(fold_dice.values()):.4f}, "

@@ -15,8 +15,8 @@ the PACS holds, all on loopback.
 5. prints the viewer's address and a link per study, and keeps everything up until Ctrl-C, then stops what it started.
 
 ``--screenshot FILE`` saves what OHIF shows for the first study (its SEG over the radiograph, in headless Chromium)
-and exits instead of waiting. ``bash pacs/setup_pacs.sh`` installs the stack; the weights come from training (the
-README's first command writes ``bundle/models/model.pt``).
+and exits instead of waiting. ``bash pacs/setup_pacs.sh`` installs the stack; the weights are the bundle's shipped
+``bundle/models/model.pt`` unless ``--ckpt_path`` names others (training writes ``models/model_trained.pt``).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def test_torchrun_two_cpu_processes(ddp_run):
     (mask_file,) = (tmp_path / "inference").rglob("SYNTH_0000*_mask.png")
     assert Image.open(mask_file).size == Image.open(image).size
 
-    # the validation Dice the 2 ranks reported (all-gathered) is the Dice of the saved model over the WHOLE validation set
+    # the validation Dice the 2 ranks reported (all-gathered): the Dice of the saved model over the WHOLE validation set
     checkpoint = torch.load(tmp_path / "models" / f"checkpoint_epoch={EPOCHS}.pt", weights_only=True)
     best_score, _ = checkpoint["best_model_saver"]["_saved"][0]
     assert validation_dice(tmp_path / "models" / "model_trained.pt", data, tmp_path) == pytest.approx(
