@@ -93,3 +93,22 @@ def test_imagenet_weights_are_taken_from_the_hub_cache(tmp_path, monkeypatch):
     torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth")
     features = load_vgg16_features("imagenet", allow_download=False)
     torch.testing.assert_close(features[0].weight, source.features[0].weight)
+
+
+def test_network_def_of_inference_json_is_a_finite_network_that_scripts_like_eager():
+    """``network_def`` parsed on its own, as MONAI's tools (``ckpt_export``, the model zoo's checks) and users' scripts
+    do: a normally initialised network, not whatever the memory held, so its TorchScript equals its eager output."""
+    from conftest import BUNDLE
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    net = parser.get_parsed_content("network_def").eval()
+    assert all(torch.isfinite(t).all() for t in net.state_dict().values())
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        eager = net(x)
+        scripted = torch.jit.script(net)(x)
+    assert torch.isfinite(eager).all() and eager.abs().max() > 0
+    torch.testing.assert_close(scripted, eager)
