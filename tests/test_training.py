@@ -63,6 +63,21 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
     from scripts.training.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(str(first["models"])).endswith("checkpoint_epoch=2.pt")
+    # the raised max_epochs is the schedule's new length (the checkpoint held the 1-epoch run's)
+    resumed = torch.load(first["models"] / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert resumed["lr_scheduler"]["t_total"] == 2 * saved["lr_scheduler"]["t_total"]
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_trains_nothing(tmp_path):
+    """A run resumed at its own ``max_epochs`` is complete: it says so, and the model and checkpoint stay as they are
+    (ignite alone would train it again from epoch 1 over the finished model)."""
+    first = train_tiny_model(tmp_path, num_cases=8, image_size=64, epochs=2)
+    files = {p.name: p.read_bytes() for p in first["models"].iterdir()}
+    again = train_tiny_model(tmp_path, num_cases=8, image_size=64, epochs=2, extra=("--resume", "true"))
+    assert "is complete (2 of 2 epochs): nothing to train" in again["log"], again["log"][-3000:]
+    assert "Epoch: 1/2" not in again["log"] and "Epoch[1]" not in again["log"]
+    assert {p.name: p.read_bytes() for p in first["models"].iterdir()} == files
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):

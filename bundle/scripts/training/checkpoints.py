@@ -271,7 +271,13 @@ def latest_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_epoch=*.pt") -> 
 class ResumeTraining:
     """``--resume``: load the newest interval checkpoint (network, optimizer, trainer, LR schedule, best score) into
     the training run before it starts (``initialize``), with MONAI's ``CheckpointLoader``; nothing when the switch is
-    off.
+    off. :meth:`run` then runs the trainer, or, for a run that had already finished, says so and trains nothing.
+
+    * A finished run (its checkpoint at ``max_epochs``) is complete: ignite would start a finished engine anew from
+      epoch 1, over the finished model and with a fresh schedule; :meth:`run` logs that the run is complete instead.
+    * A larger ``--max_epochs`` continues from the checkpoint's epoch to the new end, and the LR schedule is stretched to
+      the new length (its ``t_total``, which the checkpoint would otherwise restore to the old one, is the new run's):
+      the learning rate continues from where the longer schedule is at the checkpoint's step.
 
     Args:
         resume: the switch, as the config has it (read with :func:`scripts.settings.is_on`).
@@ -282,6 +288,7 @@ class ResumeTraining:
 
     def __init__(self, resume, ckpt_dir: str, load_dict: dict, map_location=None) -> None:
         self.enabled = is_on(resume)
+        self.load_dict = load_dict
         self.checkpoint = latest_checkpoint(ckpt_dir) if self.enabled else None
         self.loader = (
             CheckpointLoader(load_path=self.checkpoint, load_dict=load_dict, map_location=map_location)
@@ -290,8 +297,24 @@ class ResumeTraining:
         )
 
     def __call__(self, engine: Engine) -> None:
-        if self.loader is not None:
-            self.loader(engine)
+        if self.loader is None:
+            return
+        # the schedule's length is the new run's (``max_epochs`` may have been raised): keep it over the checkpoint's
+        lengths = {k: obj.t_total for k, obj in self.load_dict.items() if hasattr(obj, "t_total")}
+        self.loader(engine)
+        for key, t_total in lengths.items():
+            self.load_dict[key].t_total = t_total
+
+    def run(self, engine: Engine) -> None:
+        """Run ``engine`` (the trainer), unless a resumed run had already finished all of its epochs."""
+        state = engine.state
+        if self.loader is not None and state.max_epochs is not None and state.epoch >= state.max_epochs:
+            engine.logger.info(
+                f"the run in {os.path.dirname(str(self.checkpoint))} is complete ({state.epoch} of {state.max_epochs}"
+                " epochs): nothing to train. Raise --max_epochs to train it further."
+            )
+            return
+        engine.run()
 
 
 def load_weights(loader, engine) -> None:
