@@ -275,9 +275,9 @@ class ResumeTraining:
 
     * A finished run (its checkpoint at ``max_epochs``) is complete: ignite would start a finished engine anew from
       epoch 1, over the finished model and with a fresh schedule; :meth:`run` logs that the run is complete instead.
-    * A larger ``--max_epochs`` continues from the checkpoint's epoch to the new end, and the LR schedule is stretched to
-      the new length (its ``t_total``, which the checkpoint would otherwise restore to the old one, is the new run's):
-      the learning rate continues from where the longer schedule is at the checkpoint's step.
+    * A larger ``--max_epochs`` continues from the checkpoint's epoch to the new end, and the LR schedule is stretched
+      to the new length (its ``t_total``, which the checkpoint would otherwise restore to the old one, is the new
+      run's): the learning rate continues from where the longer schedule is at the checkpoint's step.
 
     Args:
         resume: the switch, as the config has it (read with :func:`scripts.settings.is_on`).
