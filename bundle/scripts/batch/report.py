@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 import json
 import logging
@@ -51,6 +50,8 @@ from ..io.files import atomic_write, remove_temporary_files
 from ..training.distributed import get_rank, get_world_size, init_distributed
 from .dicomweb import PACS_FOLDER, DicomwebSource
 from .fault_tolerance import RunFault, run_fault
+from .fingerprint import settings_id
+from .folder_lock import claim_output_folder
 from .review_page import PAGE_NAME, ROWS_NAME, write_review_page
 from .rle import ARCHIVE_NAME, write_mask_archive
 from .writers import output_stem, seg_sop_uid
@@ -58,11 +59,9 @@ from .writers import output_stem, seg_sop_uid
 __all__ = [
     "RunReport",
     "open_run",
-    "settings_id",
     "read_record_at",
     "read_records",
     "FileProgressBar",
-    "file_signature",
     "COLUMNS",
     "REPORT_FILES",
     "EXIT_OK",
@@ -107,16 +106,6 @@ OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")
 REPORT_FILES = ("report.csv", "report.json", PAGE_NAME, ROWS_NAME)
 
 
-def file_signature(path: str) -> str:
-    """``"<absolute path>|<size>|<mtime_ns>"`` of a file (``"<path>|missing"``): changes when the file is replaced."""
-    path = os.path.abspath(str(path))
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return f"{path}|missing"
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
 def _csv_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -125,12 +114,6 @@ def _csv_value(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else ""
     return str(value)
-
-
-def settings_id(settings: dict | None) -> str:
-    """A short fingerprint of a run's settings: rows and SEGs are reused only by runs with the same one."""
-    canonical = json.dumps(json.loads(json.dumps(settings or {}, sort_keys=True, default=str)), sort_keys=True)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
 def open_run(
@@ -160,7 +143,7 @@ def open_run(
             folder's ``pacs_inputs/`` (see :class:`scripts.batch.dicomweb.DicomwebSource`).
 
     Raises:
-        RunFault: the output folder cannot be created or written.
+        RunFault: the output folder cannot be created or written, or another batch run is writing to it.
         ValueError: the output folder is the input folder.
         FileNotFoundError: no input folder, or no file in it.
         RuntimeError: ``shard`` without torchrun.
@@ -210,6 +193,7 @@ def _prepare_run(
         raise RunFault(
             f"the output folder {output_dir} cannot be written ({exc.strerror or exc}); choose another --output_dir"
         ) from exc
+    claim_output_folder(output_dir)  # before anything in the folder is touched: another run may be writing there
     remove_temporary_files(output_dir)
     if pacs is not None:  # this run's SEG of an instance has a known UID: one in the PACS already means it is done
         seed = settings_id(settings)
