@@ -232,7 +232,7 @@ def test_broadcast_buffers_gives_every_rank_rank0_statistics(tmp_path):
 
 
 def test_launching_without_torchrun_is_a_clear_error(monkeypatch):
-    from scripts.training.distributed import init_distributed
+    from scripts.process_group import init_distributed
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -37,7 +37,8 @@ def test_the_model_settings_travel_with_the_weights(trained_model):
     """Training writes the settings the model was trained with beside its weights; inference reads them from there,
     so the model runs at its own size without being told (``trained_model`` was trained at 96 x 96, the recipe's
     default is 128 x 128)."""
-    from scripts.settings import file_sha256, trained_settings
+    from scripts.io.weights import file_sha256
+    from scripts.settings import trained_settings
 
     written = json.loads((trained_model["models"] / "model_trained.json").read_text())
     assert written.pop("sha256") == file_sha256(str(trained_model["weights"]))

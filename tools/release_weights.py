@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
-from scripts.settings import file_sha256, trained_settings  # noqa: E402
+from scripts.io.weights import file_sha256  # noqa: E402
+from scripts.settings import trained_settings  # noqa: E402
 
 HALF_MAX = torch.finfo(torch.float16).max
 

@@ -8,19 +8,18 @@
   its weights, in ``model.json`` beside ``model.pt`` (written by training, :func:`write_model_settings`), so that
   inference and evaluation run a model at the size it was trained at without being told. Weights without that file
   get the recipe of ``configs/train.json``, the one place where its defaults are written.
-* :func:`verify_weights`: ``model.json`` also records the SHA-256 of its weights file; the bundle's loader checks it, so
-  a truncated download, a Git LFS pointer or weights swapped without their settings fail with a message instead of
-  segmenting with the wrong model.
+* ``model.json`` also records the SHA-256 of its weights file, which the bundle's loader checks
+  (:func:`scripts.io.weights.load_weights`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from .io.files import atomic_write
+from .io.weights import file_sha256, settings_file
 
 __all__ = [
     "is_on",
@@ -29,8 +28,6 @@ __all__ = [
     "MODEL_SETTINGS",
     "trained_settings",
     "write_model_settings",
-    "file_sha256",
-    "verify_weights",
 ]
 
 ON_WORDS = ("true", "yes", "on", "1")
@@ -59,20 +56,6 @@ def is_on(value: bool | int | str | None) -> bool:
         f"{value!r} is not an on/off value: use one of {', '.join(ON_WORDS)} (on) or {', '.join(OFF_WORDS)} (off), "
         "in any case"
     )
-
-
-def settings_file(weights: str) -> str:
-    """The file of a model's settings: ``models/model.pt`` -> ``models/model.json`` (also for ``model.ts``)."""
-    return os.path.splitext(str(weights))[0] + ".json"
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file, as lowercase hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_model_settings(weights: str, settings: dict) -> str:
@@ -113,26 +96,3 @@ def trained_settings(weights: str) -> dict:
         "crop_padding": is_on(found["crop_padding"]),
         "num_classes": int(found["num_classes"]),
     }
-
-
-def verify_weights(weights: str) -> None:
-    """Check ``weights`` against the SHA-256 its ``model.json`` records (weights without one are not checked).
-
-    Raises:
-        ValueError: the file is not the one its settings were written for, naming both checksums and what to do.
-    """
-    path = settings_file(weights)
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        expected = json.load(f).get("sha256")
-    if not expected:
-        return
-    found = file_sha256(weights)
-    if found != expected:
-        raise ValueError(
-            f"{weights} has SHA-256 {found}, but {path} was written for a file with SHA-256 {expected}: the weights "
-            "are damaged or not the ones their settings describe (a partial copy, a Git LFS pointer, or another "
-            "model's file). Restore the file (git checkout -- models/), or give the weights with their own settings "
-            "file."
-        )

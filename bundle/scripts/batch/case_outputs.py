@@ -21,11 +21,11 @@ import numpy as np
 from monai.engines.utils import engine_apply_transform
 
 from ..io.dicom import header_from_json, safe_get
-from ..io.errors import describe_error, is_input_failure
+from ..io.errors import RunFault, describe_error, is_input_failure
 from ..lungs import measure_lungs, patient_right_on_image_left
 from ..transforms.image import review_pixels
 from .dicomweb import DicomwebSource
-from .fault_tolerance import RunFault, run_fault
+from .fault_tolerance import run_fault
 from .rle import mask_runs
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay
 
@@ -51,7 +51,7 @@ class CaseOutputs:
 
     Any failure of one input raises :class:`CaseOutputError` naming the step (``"writing the DICOM SEG: ..."``) after
     the files already written for it are removed; a fault of the run (a full disk, an unwritable output folder, see
-    :func:`scripts.batch.fault_tolerance.run_fault`) raises :class:`~scripts.batch.fault_tolerance.RunFault`.
+    :func:`scripts.batch.fault_tolerance.run_fault`) raises :class:`~scripts.io.errors.RunFault`.
 
     Args:
         output_dir: the run's output folder.

@@ -30,9 +30,9 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 from ignite.engine import Engine, Events
 
-from ..io.errors import describe_error, is_input_failure
+from ..io.errors import RunFault, describe_error, is_input_failure
 from .case_outputs import CaseOutputError, CaseOutputs
-from .fault_tolerance import ERROR_KEY, STATUS_KEY, RunFault
+from .fault_tolerance import ERROR_KEY, STATUS_KEY
 from .report import OUTPUT_COLUMNS, RunReport
 
 __all__ = ["CaseWriter"]

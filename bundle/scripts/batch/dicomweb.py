@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pydicom
 
 from ..io.discovery import classify_file, entry_for
-from .fault_tolerance import RunFault
+from ..io.errors import RunFault
 
 __all__ = ["DicomwebSource", "dicomweb_source", "PACS_FOLDER"]
 

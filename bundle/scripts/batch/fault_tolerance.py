@@ -32,13 +32,12 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents, engine_apply_transform
 from monai.utils import CommonKeys
 
-from ..io.errors import InputError, NotARadiograph, describe_error, is_input_failure
+from ..io.errors import InputError, NotARadiograph, RunFault, describe_error, is_input_failure
 
 __all__ = [
     "GuardedDataset",
     "collate_skipping_failures",
     "FaultTolerantEvaluator",
-    "RunFault",
     "run_fault",
     "ERROR_KEY",
     "FAILED_KEY",
@@ -57,21 +56,6 @@ STATUS_KEY = "status"
 # not write files that large (ulimit -f)
 _RUN_FAULT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 _TRANSFORM_NAME = re.compile(r"applying transform <?(?:[\w.]+\.)?(\w+)")
-
-
-class RunFault(SystemExit):
-    """A fault of the run, not of one input (the output folder is not writable, the disk is full, the weights do not
-    fit the network): it ends the run with exit status 1 and a message that says what to do, without a traceback.
-
-    A ``SystemExit``, so that ignite's engine and ``monai.bundle`` let it through (they catch ``Exception``).
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"Run stopped: {message}")
-        self.message = message
-
-    def __reduce__(self):  # raised in a worker process, it comes back with its own message
-        return type(self), (self.message,)
 
 
 def run_fault(exc: BaseException, output_dir: str | None = None) -> RunFault | None:

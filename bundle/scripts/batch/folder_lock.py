@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 
-from .fault_tolerance import RunFault
+from ..io.errors import RunFault
 
 __all__ = ["LOCK_NAME", "claim_output_folder"]
 

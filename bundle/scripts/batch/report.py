@@ -23,7 +23,7 @@ this run recorded into the one report, identical (apart from the start and finis
 Exit status (see :data:`EXIT_OK`, :data:`EXIT_INPUTS_FAILED`): 0 when every discovered file is ``ok`` or ``skipped``,
 3 when at least one is ``failed`` (the report says which and why). A run that cannot start (no input folder, no
 weights, bad arguments) or that a fault of its own stops (an output folder that is not writable, a full disk: see
-:class:`scripts.batch.fault_tolerance.RunFault`) ends with status 1 and a message; the rows recorded so far stay in
+:class:`scripts.io.errors.RunFault`) ends with status 1 and a message; the rows recorded so far stay in
 ``records/`` and a re-run continues from them.
 """
 
@@ -46,10 +46,11 @@ from ignite.engine import Engine, Events
 from tqdm import tqdm
 
 from ..io.discovery import discover_inputs
+from ..io.errors import RunFault
 from ..io.files import atomic_write, remove_temporary_files
-from ..training.distributed import get_rank, get_world_size, init_distributed
+from ..process_group import get_rank, get_world_size, init_distributed
 from .dicomweb import PACS_FOLDER, DicomwebSource
-from .fault_tolerance import RunFault, run_fault
+from .fault_tolerance import run_fault
 from .fingerprint import settings_id
 from .folder_lock import claim_output_folder
 from .review_page import PAGE_NAME, ROWS_NAME, write_review_page
@@ -135,7 +136,7 @@ def open_run(
         overwrite: segment every input again, even those a previous run finished.
         settings: everything that changes the outputs (see :class:`RunReport`).
         datalist_key: list to read from a datalist JSON file (default ``"testing"``, else ``"test"``).
-        shard: join the process group torchrun set up (:func:`scripts.training.distributed.init_distributed`); rank 0
+        shard: join the process group torchrun set up (:func:`scripts.process_group.init_distributed`); rank 0
             prepares the folder, discovers the inputs and decides what to reuse, and every rank gets its share of the
             pending inputs (see the module docstring). The output folder must be shared by all ranks (all nodes).
         write_rle: also write all masks into one archive (see :class:`RunReport`).

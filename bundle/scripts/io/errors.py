@@ -7,13 +7,23 @@
   anything of its size is allocated.
 * :class:`NotARadiograph`: a readable image that is not something to segment (blank, no finite pixel values); the
   file's row becomes ``skipped`` with the reason.
+
+And what stops a whole run: :class:`RunFault`, raised by training and batch runs alike (they import it from here).
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["InputError", "ImageTooLarge", "NotARadiograph", "describe_error", "first_line", "is_input_failure"]
+__all__ = [
+    "InputError",
+    "ImageTooLarge",
+    "NotARadiograph",
+    "RunFault",
+    "describe_error",
+    "first_line",
+    "is_input_failure",
+]
 
 
 class InputError(ValueError):
@@ -76,3 +86,18 @@ def describe_error(exc: BaseException, path: str | os.PathLike | None = None) ->
     if isinstance(exc, InputError):
         return text or "unreadable input"
     return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+class RunFault(SystemExit):
+    """A fault of the run, not of one input (the output folder is not writable, the disk is full, the weights do not
+    fit the network): it ends the run with exit status 1 and a message that says what to do, without a traceback.
+
+    A ``SystemExit``, so that ignite's engine and ``monai.bundle`` let it through (they catch ``Exception``).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Run stopped: {message}")
+        self.message = message
+
+    def __reduce__(self):  # raised in a worker process, it comes back with its own message
+        return type(self), (self.message,)

@@ -15,8 +15,6 @@
 * :class:`SaveModelWithoutValidation`: ``model.pt`` after every epoch when there is no validation data (MONAI's
   evaluator skips an empty loader, so the best-metric saver would never write one).
 * :class:`ResumeTraining`: ``--resume true`` continues from the newest interval checkpoint.
-* :func:`load_weights`: loading for inference and evaluation, their checksum verified, as a fault of the run when the
-  weights are missing, damaged or do not fit.
 """
 
 from __future__ import annotations
@@ -33,11 +31,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from ..batch.fault_tolerance import RunFault
-from ..io.errors import describe_error
 from ..io.files import atomic_write, remove_temporary_files
-from ..settings import is_on, verify_weights, write_model_settings
-from .distributed import get_rank
+from ..process_group import get_rank
+from ..settings import is_on, write_model_settings
 
 __all__ = [
     "AtomicDiskSaver",
@@ -46,7 +42,6 @@ __all__ = [
     "SaveModelWithoutValidation",
     "ResumeTraining",
     "latest_checkpoint",
-    "load_weights",
 ]
 
 
@@ -315,34 +310,3 @@ class ResumeTraining:
             )
             return
         engine.run()
-
-
-def load_weights(loader, engine) -> None:
-    """Load the weights with MONAI's ``CheckpointLoader`` (``loader(engine)``), as a fault of the run when they are
-    missing or do not fit the network: a :class:`~scripts.batch.fault_tolerance.RunFault` that says what to do (exit
-    status 1), not a traceback.
-
-    Args:
-        loader: a ``monai.handlers.CheckpointLoader``; ``None`` for a network that carries its weights (an exported
-            TorchScript model, ``configs/inference_exported.json``).
-        engine: the engine whose network receives the weights.
-    """
-    if loader is None:
-        return
-    path = str(loader.load_path)
-    if not os.path.isfile(path):
-        raise RunFault(
-            f"no weights at {path}: train the model first (python -m monai.bundle run training --config_file "
-            "configs/train.json) or pass --ckpt_path /path/to/model.pt"
-        )
-    try:
-        verify_weights(path)
-    except ValueError as exc:
-        raise RunFault(str(exc)) from exc
-    try:
-        loader(engine)
-    except Exception as exc:
-        raise RunFault(
-            f"the weights in {path} cannot be loaded into the network ({describe_error(exc)}); check that they were "
-            "trained with this bundle's network_def and num_classes"
-        ) from exc
