@@ -76,7 +76,7 @@ def test_a_second_run_into_a_busy_output_folder_stops_and_names_the_first(model_
     src = synthetic_folder(tmp_path / "in", files=2, dicom_every=99)
     out = tmp_path / "out"
     (out / "records").mkdir(parents=True)
-    holder = subprocess.Popen(  # holds the folder as a batch run does (scripts.batch.report.open_run)
+    holder = subprocess.Popen(  # holds the folder as a batch run does (scripts.batch.run_start.open_run)
         [sys.executable, "-c", HOLD_FOLDER, str(out)], cwd=BUNDLE, stdout=subprocess.PIPE, text=True
     )
     try:

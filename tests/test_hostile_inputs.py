@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.batch.fault_tolerance import ERROR_KEY, STATUS_KEY, GuardedDataset
-from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK, REPORT_FILES
+from scripts.batch.report import EXIT_INPUTS_FAILED, EXIT_OK
+from scripts.batch.report_files import REPORT_FILES
 from scripts.io.discovery import classify_file
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,9 @@ import pytest
 from conftest import BUNDLE, run, run_bundle, synthetic_folder
 from PIL import Image
 
-from scripts.batch.report import EXIT_INPUTS_FAILED, REPORT_FILES, read_records
+from scripts.batch.records import read_records
+from scripts.batch.report import EXIT_INPUTS_FAILED
+from scripts.batch.report_files import REPORT_FILES
 
 SHARDED_CONFIGS = "['configs/inference.json','configs/multi_gpu_inference.json']"
 OUTPUT_COLUMNS = ("mask_png", "mask_nifti", "seg_dicom", "overlay")

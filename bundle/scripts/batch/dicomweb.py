@@ -5,7 +5,7 @@
 study-date range), leaves out those that already have this model's SEG with the same settings (its UID is known in
 advance, see :func:`scripts.batch.writers.seg_sop_uid`), retrieves the others (WADO-RS) into a folder of the run, and
 stores each SEG the run writes back (STOW-RS). Batch inference then goes through the same pipeline as for a folder:
-:func:`scripts.batch.report.open_run` takes the entries :meth:`DicomwebSource.discover` returns in place of a folder
+:func:`scripts.batch.run_start.open_run` takes the entries :meth:`DicomwebSource.discover` returns in place of a folder
 walk, so every instance found has its report row (``<study>/<series>/<instance>.dcm``, with its UIDs), including
 those that could not be retrieved.
 
