@@ -110,11 +110,23 @@ def flat(compose) -> list:
     return [y for x in compose.transforms for y in (flat(x) if hasattr(x, "transforms") else [x])]
 
 
+def by_name(parser, target: str) -> str:
+    """``target`` with each ``<Name>`` replaced by the position of the transform of that class in the list before it
+    (``network_transforms#<CropForegroundd>#select_fn``): a test names the transform, not where it stands."""
+    parts = []
+    for part in target.split("#"):
+        if part.startswith("<") and part.endswith(">"):
+            items = parser["#".join(parts)]
+            part = str(next(i for i, x in enumerate(items) if str(x.get("_target_", "")).endswith(part[1:-1])))
+        parts.append(part)
+    return "#".join(parts)
+
+
 def parsed(names: list[str], overrides: dict, target: str):
     parser = merged(names)
     for key, value in overrides.items():
         parser[key] = value
-    return parser.get_parsed_content(target)
+    return parser.get_parsed_content(by_name(parser, target))
 
 
 # (config set, option, the id that receives it, how to read the effect): a lowercase word typed on the command line
@@ -134,7 +146,7 @@ INFERENCE_EFFECTS = [
     ("overwrite", "run_report#overwrite", None),
     ("amp", "evaluator#amp", None),
     ("channels_last", "fast_network", lambda network: network.channels_last),
-    ("crop_padding", "network_transforms#0#select_fn", lambda select: select is above_minimum),
+    ("crop_padding", "network_transforms#<CropForegroundd>#select_fn", lambda select: select is above_minimum),
 ]
 
 
@@ -166,11 +178,21 @@ TRAINING_EFFECTS = [
     ("train", "amp", "validate#evaluator#amp", None),
     ("train", "channels_last", "fast_network", lambda network: network.channels_last),
     ("train", "compile", "fast_network", lambda network: network._train_network is not network.network),
-    ("train", "crop_padding", "train#deterministic_transforms#5#select_fn", lambda select: select is above_minimum),
+    (
+        "train",
+        "crop_padding",
+        "train#deterministic_transforms#<CropForegroundd>#select_fn",
+        lambda select: select is above_minimum,
+    ),
     ("train", "resume", "resume_training", lambda resume: resume.checkpoint is not None),
     ("evaluate", "amp", "evaluator#amp", None),
     ("evaluate", "channels_last", "fast_network", lambda network: network.channels_last),
-    ("evaluate", "crop_padding", "network_transforms#0#select_fn", lambda select: select is above_minimum),
+    (
+        "evaluate",
+        "crop_padding",
+        "network_transforms#<CropForegroundd>#select_fn",
+        lambda select: select is above_minimum,
+    ),
 ]
 
 
