@@ -1,7 +1,12 @@
 """Package trained weights as the bundle's release model: ``bundle/models/model.pt`` (half precision) and ``model.json``
 (settings, SHA-256, release version), and the ``release_weights`` record of ``bundle/configs/metadata.json``.
 
-    .venv/bin/python tools/release_weights.py bundle/models/model_trained.pt --training_time "1 h 52 min on ..."
+    .venv/bin/python tools/release_weights.py bundle/models/model_trained.pt --training_time "1 h 52 min on ..." \
+        --eval_dir /tmp/release_eval
+
+``--eval_dir`` is an evaluation of the packaged weights on the split's validation cases (``configs/evaluate.json``
+with ``--dataset_dir <kaggle-lungs-512> --split_file configs/datalist_kaggle_lungs_512.json --split validation``): its
+per-case Dice becomes ``eval_metrics`` in ``metadata.json``.
 
 The weights come from ``configs/train.json`` trained on ``kaggle-lungs-512`` with the bundle's split file (the card's
 "Reproducing the release weights"). Floating-point tensors are stored as float16: it halves the file (75 -> 37 MB)
@@ -12,7 +17,9 @@ that float16 cannot hold (any magnitude above 65504) rather than store infinitie
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +44,24 @@ def half_precision(state: dict) -> dict:
     return {k: t.half() if t.is_floating_point() else t for k, t in state.items()}
 
 
+def validation_metrics(dice_csv: Path) -> dict:
+    """``eval_metrics`` from MetricsSaver's per-case Dice (``filename,...,mean``)."""
+    with open(dice_csv) as f:
+        values = [float(row["mean"]) for row in csv.DictReader(f)]
+    return {
+        "mean_dice": round(statistics.mean(values), 4),
+        "median_dice": round(statistics.median(values), 4),
+        "worst_dice": round(min(values), 4),
+        "validation_cases": len(values),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", help="the trained model (train.json's models/model_trained.pt)")
     parser.add_argument("--training_time", required=True, help="how long the training took, and on what")
     parser.add_argument("--commit", default=None, help="the commit whose code trained them (default: HEAD)")
+    parser.add_argument("--eval_dir", default=None, help="evaluate.json's output folder for the validation cases")
     args = parser.parse_args()
 
     metadata_path = BUNDLE / "configs" / "metadata.json"
@@ -65,6 +85,8 @@ def main() -> None:
         "training_time": args.training_time,
         "license": "CC BY-NC-SA 4.0 (inherited from the Shenzhen lung masks), see docs/data_license.txt",
     }
+    if args.eval_dir:
+        metadata["eval_metrics"] = validation_metrics(Path(args.eval_dir) / "dice_raw.csv")
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     print(f"{released}: {released.stat().st_size / 1e6:.1f} MB, SHA-256 {digest}; metadata.json updated")
 
