@@ -24,18 +24,28 @@ SERVED = "model.pt"
 RELEASE_COPY = "model_release.pt"
 
 
+def _settings(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def keep_release(models_dir: str) -> str | None:
-    """Copy the shipped weights (``model.pt`` whose ``model.json`` names a ``release``) to ``model_release.pt`` once;
-    returns the copy's path, or ``None`` when there is no release to keep."""
+    """Copy the shipped weights (``model.pt`` whose ``model.json`` names a ``release``) to ``model_release.pt``,
+    unless that copy holds them already (same SHA-256); returns the copy's path, or ``None`` when there is no release
+    to keep."""
     served, settings = os.path.join(models_dir, SERVED), os.path.join(models_dir, "model.json")
     copy = os.path.join(models_dir, RELEASE_COPY)
-    if os.path.isfile(copy) or not (os.path.isfile(served) and os.path.isfile(settings)):
+    copy_settings = os.path.splitext(copy)[0] + ".json"
+    release = _settings(settings)
+    if not (os.path.isfile(served) and release.get("release")):
         return None
-    with open(settings) as f:
-        if not json.load(f).get("release"):
-            return None
+    if os.path.isfile(copy) and _settings(copy_settings).get("sha256") == release.get("sha256"):
+        return None
     shutil.copy2(served, copy + ".tmp")
-    shutil.copy2(settings, os.path.splitext(copy)[0] + ".json")
+    shutil.copy2(settings, copy_settings)
     os.replace(copy + ".tmp", copy)  # the weights last: a copy that exists is complete
     logger.info(f"the shipped weights are kept as {copy} before training replaces {served}")
     return copy

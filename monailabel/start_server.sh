@@ -102,6 +102,10 @@ else
         exit 1
     fi
     ln -sfn "$REPO/bundle" "$MODEL"
+    if git -C "$REPO" ls-files --error-unmatch bundle/models/model.pt >/dev/null 2>&1; then
+        echo "note: $MODEL links bundle/: a /train replaces bundle/models/model.pt, the shipped weights (kept as" \
+            "model_release.pt); start with --copy to leave bundle/ as it is" >&2
+    fi
 fi
 if ! ls "$MODEL"/models/model.pt >/dev/null 2>&1; then
     echo "note: $MODEL/models/model.pt does not exist yet: /info lists no model until one is trained" \

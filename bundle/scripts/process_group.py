@@ -93,12 +93,8 @@ def on_rank_zero_first(function: Callable, *args, **kwargs):
     """``function(*args, **kwargs)`` on rank 0 first, then on the other ranks, which wait for it at a barrier.
 
     For steps that write shared files (generating the synthetic default set, writing the datalist): the other ranks
-    then read finished files instead of racing rank 0. A process that torchrun started joins its process group first
-    (:func:`init_distributed`), so that the step is ordered whenever the config resolves it; outside torchrun it simply
-    calls ``function``.
+    then read finished files instead of racing rank 0. Outside a process group it simply calls ``function``.
     """
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        init_distributed()
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and dist.get_rank() > 0:
         dist.barrier()

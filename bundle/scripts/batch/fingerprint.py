@@ -28,7 +28,6 @@ OUTPUT_NEUTRAL = {
     "output_dir": "the folder the fingerprint belongs to",
     "overwrite": "segments every input again, whatever the fingerprint",
     "model_settings": "read from the weights' model.json: its values are in the fingerprint",
-    "amp": "CUDA autocast, the precision's switch on a GPU: the precision is in the fingerprint",
     "channels_last": "memory layout: the same arithmetic",
     "batch_size": "how many inputs the network sees at once: each is segmented alone",
     "cpu_cores": "parallelism",

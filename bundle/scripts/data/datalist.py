@@ -163,7 +163,13 @@ def prepare_datalist(
     Returns:
         ``{"training", "validation", "test", "unpaired_images", "unpaired_masks", "unlabelled"}`` lists.
     """
-    split_file = split_file if dataset_dir else None  # the synthetic default set has its own seeded split
+    if split_file and not (dataset_dir and os.path.isdir(os.path.expanduser(str(dataset_dir)))):
+        logger.warning(
+            "split_file %s is ignored: it names cases of a data folder, and dataset_dir is %s",
+            split_file,
+            f"the datalist file {dataset_dir}" if dataset_dir else "empty (the synthetic default set)",
+        )
+        split_file = None
     if not dataset_dir:
         dataset_dir = generate_synthetic_dataset(synthetic_dir)
     dataset_dir = os.path.abspath(os.path.expanduser(str(dataset_dir)))

@@ -8,7 +8,7 @@
 * :class:`NotARadiograph`: a readable image that is not something to segment (blank, no finite pixel values); the
   file's row becomes ``skipped`` with the reason.
 
-And what stops a whole run: :class:`RunFault`, raised by training and batch runs alike (they import it from here).
+And what stops a whole run: :class:`RunFault` (a batch run's output folder, the weights of any run that loads them).
 """
 
 from __future__ import annotations

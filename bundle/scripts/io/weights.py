@@ -49,8 +49,8 @@ def verify_weights(weights: str) -> None:
         raise ValueError(
             f"{weights} has SHA-256 {found}, but {path} was written for a file with SHA-256 {expected}: the weights "
             "are damaged or not the ones their settings describe (a partial copy, a Git LFS pointer, or another "
-            "model's file). Restore the file (git checkout -- models/), or give the weights with their own settings "
-            "file."
+            "model's file). Restore the file (the shipped models/model.pt: git checkout -- models/model.pt), or give "
+            "the weights with their own settings file."
         )
 
 
@@ -69,8 +69,8 @@ def load_weights(loader, engine) -> None:
     path = str(loader.load_path)
     if not os.path.isfile(path):
         raise RunFault(
-            f"no weights at {path}: train the model first (python -m monai.bundle run training --config_file "
-            "configs/train.json) or pass --ckpt_path /path/to/model.pt"
+            f"no weights at {path}: pass --ckpt_path /path/to/model.pt (training writes models/model_trained.pt: "
+            "python -m monai.bundle run training --config_file configs/train.json)"
         )
     try:
         verify_weights(path)

@@ -4,15 +4,16 @@
 * :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` with atomic writes and a best score that survives a
   resume. MONAI's saver (1.6) writes with ``torch.save`` straight onto the final name and, through ignite's
   ``Checkpoint``, deletes the file it replaces *before* writing the new one, so a run killed during a save can leave
-  ``model.pt`` half-written, or none, or no ``checkpoint_epoch=N.pt`` to resume from; its best-metric tracker also
-  starts empty after a resume, so the first validation after the restart overwrites ``model.pt`` even with a worse
+  the model half-written, or none, or no ``checkpoint_epoch=N.pt`` to resume from; its best-metric tracker also
+  starts empty after a resume, so the first validation after the restart overwrites the model even with a worse
   model. Here every file is written to a temporary name and renamed into place (:func:`scripts.io.files.atomic_write`),
   replaced files are deleted only after their replacement is complete, ``state_dict()``/``load_state_dict()`` carry
   the best-metric tracker (put the saver into the interval checkpoint's ``save_dict``), and after a resume the interval
-  checkpoints the killed run wrote are taken back into the ``n_saved`` rotation. ``model.pt`` stays a plain
-  ``state_dict`` of the network, and its settings are written beside it (``model.json``,
+  checkpoints the killed run wrote are taken back into the ``n_saved`` rotation. The model (``train.json``'s
+  ``model_file``: ``model_trained.pt``, never the shipped ``model.pt``; MONAI Label's trainer writes ``model.pt``)
+  stays a plain ``state_dict`` of the network, and its settings are written beside it (``model_trained.json``,
   :func:`scripts.settings.write_model_settings`).
-* :class:`SaveModelWithoutValidation`: ``model.pt`` after every epoch when there is no validation data (MONAI's
+* :class:`SaveModelWithoutValidation`: the model after every epoch when there is no validation data (MONAI's
   evaluator skips an empty loader, so the best-metric saver would never write one).
 * :class:`ResumeTraining`: ``--resume true`` continues from the newest interval checkpoint.
 """
@@ -178,18 +179,18 @@ class AtomicCheckpointSaver(CheckpointSaver):
         return dict(self._key_metric_checkpoint.state_dict())
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the best-metric tracker, so a resumed run only replaces ``model.pt`` with a better model."""
+        """Restore the best-metric tracker, so a resumed run only replaces the saved model with a better one."""
         if self._key_metric_checkpoint is not None:
             self._key_metric_checkpoint.load_state_dict(state_dict)
 
 
 class SaveModelWithoutValidation:
-    """Save the network's weights as ``model.pt`` after epochs (all of them, or as ``save_every_s`` says), but only
+    """Save the network's weights (``filename``) after epochs (all of them, or as ``save_every_s`` says), but only
     when the evaluator has no data.
 
-    ``train.json`` writes ``model.pt`` from the validation saver each time the key metric improves. A run whose
+    ``train.json`` writes its model from the validation saver each time the key metric improves. A run whose
     validation list is empty (MONAI Label's ``val_split`` 0, or too few labelled images to split any off) never
-    computes that metric, so no ``model.pt`` would be written and the next inference would keep using the old
+    computes that metric, so no model would be written and the next inference would keep using the old
     weights, or find none. With no validation there is no "best" model, so the latest one is the model: the file is
     rewritten after the epochs :class:`SaveSchedule` picks (the last one always), in the same format as the
     best-metric saver's (a plain ``state_dict``, unwrapped from DDP, with ``model.json`` beside it), atomically, and
@@ -198,9 +199,9 @@ class SaveModelWithoutValidation:
     Args:
         evaluator: the validation engine (``@validate#evaluator``); its ``data_loader`` decides whether to save.
         network: the network whose weights are saved (``@network``, plain or DDP-wrapped).
-        save_dir: folder of ``model.pt`` (``@ckpt_dir``, created).
+        save_dir: folder of the model (``@ckpt_dir``, created).
         model_settings: the settings written beside it (:func:`scripts.settings.write_model_settings`).
-        filename: the file name, ``model.pt`` as MONAI Label and ``inference.json`` expect.
+        filename: the file name (``train.json``'s ``model_file``).
         save_every_s: save after the first and the last epoch and in between at most once in this many seconds
             (:class:`SaveSchedule`); 0: after every epoch.
     """
@@ -211,7 +212,7 @@ class SaveModelWithoutValidation:
         network: torch.nn.Module,
         save_dir: str,
         model_settings: dict | None = None,
-        filename: str = "model.pt",
+        filename: str = "model_trained.pt",
         save_every_s: float = 0,
     ) -> None:
         self.evaluator = evaluator
@@ -226,7 +227,7 @@ class SaveModelWithoutValidation:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def has_validation_data(self) -> bool:
-        """Whether the evaluator has anything to validate on (and so its own saver writes ``model.pt``)."""
+        """Whether the evaluator has anything to validate on (and so its own saver writes the model)."""
         loader = getattr(self.evaluator, "data_loader", None)
         try:
             return loader is not None and len(loader) > 0

@@ -101,7 +101,7 @@ class BroadcastBuffers:
     DDP keeps parameters identical across ranks and broadcasts buffers at the start of each *training* forward,
     so after the last training iteration every rank holds running statistics updated by its own last batch. The
     validation run (no gradients, so DDP syncs nothing) would then score rank 1's share of the data with a slightly
-    different model from the ``model.pt`` rank 0 saves. Attached to the evaluator, this makes all ranks validate
+    different model from the one rank 0 saves. Attached to the evaluator, this makes all ranks validate
     exactly the model that is saved.
 
     Args:
