@@ -12,7 +12,7 @@ distance, and the time it took.
     python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
     python benchmarks/cross_validation.py --only_folds 0 4 -- --opacity_prob 0  # quick screen on two folds
     python benchmarks/cross_validation.py --val_fraction 0.15             # hold 15% out, keep the best epoch's model
-    python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--min_component_fraction 0"
+    python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--mask#min_component_fraction 0"
                                           # post-processing ablation: evaluate the fold models kept in W again
     python benchmarks/cross_validation.py --workdir W --reuse_models --qc
                                           # how well qc_score predicts each held-out mask's Dice
@@ -59,8 +59,9 @@ def run_bundle(args: list[str], log_path: str) -> None:
         raise SystemExit(f"monai.bundle {' '.join(args[:4])} failed ({proc.returncode}); see {log_path}")
 
 
-# train.json settings that shape the network's input, which the evaluation must apply the same way
-SHARED_WITH_EVALUATION = ("image_size", "crop_padding")
+# train.json settings that shape the network's input, which the evaluation must apply the same way (the input size
+# comes with the fold model's model.json; the padding crop is an option of inference.json as well)
+SHARED_WITH_EVALUATION = ("crop_padding",)
 
 
 def training_input_settings(train_configs: list[str], overrides: list[str]) -> list[str]:
@@ -143,7 +144,7 @@ def main() -> None:
         default=0.0,
         help="part of each fold's training cases held out for model selection (0: train on all, keep the last epoch)",
     )
-    parser.add_argument("--eval_args", default="", help="evaluate.json overrides, e.g. '--keep_components 3'")
+    parser.add_argument("--eval_args", default="", help="evaluate.json overrides, e.g. '--mask#keep_components 3'")
     parser.add_argument("--eval_dir", default="eval", help="name of each fold's evaluation folder")
     parser.add_argument("--qc", action="store_true", help="also validate qc_score on held-out and degraded cases")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="train.json overrides, after `--`")
@@ -194,7 +195,7 @@ def main() -> None:
             with open(bad_list, "w") as f:
                 json.dump({"training": [], "test": bad}, f, indent=2)
             # a Montgomery radiograph (4020 x 4892) rotated with its corners kept is above the default size limit
-            bigger = ["--max_image_pixels", "60000000"]
+            bigger = ["--inputs#max_image_pixels", "60000000"]
             weights = f"{fold_dir}/models/model_trained.pt"
             bad_dir = evaluate(bad_list, weights, f"{eval_dir}_degraded", evaluation + bigger)
             qc["degraded"] += paired(bad_dir)

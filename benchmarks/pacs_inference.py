@@ -4,7 +4,7 @@ Makes ``--files`` 12-bit DX radiographs of 2000x2500 pixels, stores them in a re
 (``pacs/stack.py``), and times, each as the whole command a user runs:
 
 * ``folder``: ``--dataset_dir`` on the files, every default output (SEG included), the baseline;
-* ``PACS``: ``--dicomweb_url`` on Orthanc: the instances found (QIDO-RS), retrieved (WADO-RS), segmented the same
+* ``PACS``: ``--dicomweb#url`` on Orthanc: the instances found (QIDO-RS), retrieved (WADO-RS), segmented the same
   way, and each SEG stored back (STOW-RS);
 * ``PACS, again``: the same command into a new output folder, which finds every SEG in the PACS already.
 
@@ -47,9 +47,9 @@ def main() -> None:
                 pacs.upload(path)
             times = {
                 "folder": timed([*base, "--dataset_dir", str(src), "--output_dir", str(work / "out_folder")], BUNDLE),
-                "PACS": timed([*base, "--dicomweb_url", pacs.dicomweb_url, "--output_dir", str(work / "out_pacs")]),
+                "PACS": timed([*base, "--dicomweb#url", pacs.dicomweb_url, "--output_dir", str(work / "out_pacs")]),
                 "PACS, again": timed(
-                    [*base, "--dicomweb_url", pacs.dicomweb_url, "--output_dir", str(work / "out_again")]
+                    [*base, "--dicomweb#url", pacs.dicomweb_url, "--output_dir", str(work / "out_again")]
                 ),
             }
     print(f"machine: {machine()}")

@@ -7,7 +7,7 @@ the PACS holds, all on loopback.
    it (``pacs/stack.py``);
 2. stores the DICOM files of ``--folder`` in it, or, without one, six synthetic DX radiographs (the bundle's
    synthetic default set, written as DICOM: not real patients);
-3. runs the bundle's batch inference over the PACS (``--dicomweb_url``), which stores a DICOM SEG of each radiograph
+3. runs the bundle's batch inference over the PACS (``--dicomweb#url``), which stores a DICOM SEG of each radiograph
    back, and prints the report's counts;
 4. with ``--monailabel``, starts MONAI Label on the same PACS (``monailabel/start_server.sh --studies <DICOMweb URL>``:
    the radiographs to label, final labels stored back as DICOM SEG; the bundle folder's own weights,
@@ -74,7 +74,7 @@ def synthetic_dicoms(folder: Path, count: int = 6) -> Path:
 def segment(pacs: Orthanc, output_dir: Path, ckpt_path: Path) -> list[dict]:
     """Run the bundle over the PACS; the report's rows."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--dicomweb_url", pacs.dicomweb_url, "--output_dir", str(output_dir),
+               "--dicomweb#url", pacs.dicomweb_url, "--output_dir", str(output_dir),
                "--ckpt_path", str(ckpt_path)]  # fmt: skip
     print("segmenting:", " ".join(command[2:]), flush=True)
     proc = subprocess.run(command, cwd=BUNDLE)

@@ -1,5 +1,5 @@
 """Batch inference from and to a PACS: a real Orthanc on loopback as the DICOMweb server, the bundle run with
-``--dicomweb_url`` as a user types it, its SEGs stored back, a re-run that skips what is done, a study filter, and a
+``--dicomweb#url`` as a user types it, its SEGs stored back, a re-run that skips what is done, a study filter, and a
 server that cannot be reached."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_pacs_run_stores_segs_and_a_rerun_skips_them(pacs, tmp_path, model_args)
     images = [d for d in studies["datasets"] if d.Modality in ("DX", "CR")]
     environment = {"DICOMWEB_USERNAME": "reader", "DICOMWEB_PASSWORD": SECRET}
     out = tmp_path / "out"
-    args = ["run", "--config_file", "configs/inference.json", "--dicomweb_url", pacs.dicomweb_url]
+    args = ["run", "--config_file", "configs/inference.json", "--dicomweb#url", pacs.dicomweb_url]
     first = run_bundle(*args, "--output_dir", str(out), *model_args, env=environment)
     rows = read_rows(out)
     assert len(rows) == 5  # every instance of both studies has its row
@@ -90,21 +90,21 @@ def test_pacs_run_stores_segs_and_a_rerun_skips_them(pacs, tmp_path, model_args)
     ]
     # other settings make another SEG; a study filter keeps to that study
     only_b = tmp_path / "only_b"
-    run_bundle(*args, "--output_dir", str(only_b), "--dicomweb_studies", studies["b"], "--keep_components", "1",
+    run_bundle(*args, "--output_dir", str(only_b), "--dicomweb#studies", studies["b"], "--mask#keep_components", "1",
                *model_args)  # fmt: skip
     rows = read_rows(only_b)
     assert sorted(r["status"] for r in rows.values()) == ["ok", "skipped"]
     assert all(name.startswith(studies["b"]) for name in rows)
     assert len(qido(pacs, f"studies/{studies['b']}/instances?Modality=SEG")) == 2
     # a study the PACS does not have is a clear error, not an empty report
-    proc = run_bundle(*args, "--output_dir", str(tmp_path / "none"), "--dicomweb_studies", "1.2.3.4.5", *model_args,
+    proc = run_bundle(*args, "--output_dir", str(tmp_path / "none"), "--dicomweb#studies", "1.2.3.4.5", *model_args,
                       expect=1)  # fmt: skip
     assert "no instances found in studies 1.2.3.4.5" in proc.stdout + proc.stderr
 
 
 def test_pacs_that_cannot_be_reached_stops_the_run_with_its_address(tmp_path, model_args):
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
-    proc = run_bundle("run", "--config_file", "configs/inference.json", "--dicomweb_url", url,
+    proc = run_bundle("run", "--config_file", "configs/inference.json", "--dicomweb#url", url,
                       "--output_dir", str(tmp_path / "out"), *model_args, expect=1)  # fmt: skip
     assert f"the DICOMweb server {url} cannot be searched" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -117,7 +117,7 @@ def test_a_folder_and_a_pacs_together_are_refused(tmp_path, model_args):
 
     Image.fromarray(np.asarray(synthetic_case(0)[0])).save(image)
     proc = run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(image.parent),
-                      "--dicomweb_url", "http://127.0.0.1:1/dicom-web", "--output_dir", str(tmp_path / "out"),
+                      "--dicomweb#url", "http://127.0.0.1:1/dicom-web", "--output_dir", str(tmp_path / "out"),
                       *model_args, expect=None)  # fmt: skip
     assert proc.returncode != 0 and "give one source" in proc.stdout + proc.stderr
 

@@ -4,52 +4,85 @@ run per output folder at a time."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
 import pytest
 from conftest import BUNDLE, read_masks, run_bundle, synthetic_folder
 
+from scripts.batch.batch_run import OUTPUT_NEUTRAL_ARGS, fingerprinted_args
 from scripts.batch.fingerprint import OUTPUT_NEUTRAL
 
 BATCH_CONFIGS = ("inference.json", "evaluate.json", "multi_gpu_inference.json")
+WORKFLOW = ("imports", "initialize", "run", "finalize")  # steps to run, not options
 
 
 def _is_component(value) -> bool:
-    """What a config declares as a component (a ``_target_``, a list of transforms or handlers, Python to run), as
-    opposed to an option a user sets."""
+    """What a config declares as a component (a ``_target_`` with arguments, a list of transforms or handlers, Python
+    to run), as opposed to an option a user sets (whose default may be computed by a ``default_*`` function:
+    ``"num_workers": {"_target_": "scripts.acceleration.default_loader_workers"}``)."""
     if isinstance(value, dict):
-        return "_target_" in value or any(_is_component(v) for v in value.values())
+        computed_default = list(value) == ["_target_"] and value["_target_"].split(".")[-1].startswith("default_")
+        return ("_target_" in value and not computed_default) or any(_is_component(v) for v in value.values())
     if isinstance(value, list):
         return any(isinstance(v, (dict, list)) or (isinstance(v, str) and v.startswith("$")) for v in value)
     return False
 
 
+def _is_group(value) -> bool:
+    """A group of options (``"quality": {"review_below": 0.97, ...}``), set as ``--quality#review_below 0.9``."""
+    return isinstance(value, dict) and "_target_" not in value and bool(value) and not _is_component(value)
+
+
 def batch_options() -> set[str]:
+    """Every option of the batch configs, a group's options by their ids (``quality#review_below``)."""
     options = set()
     for name in BATCH_CONFIGS:
         config = json.loads((BUNDLE / "configs" / name).read_text())
-        workflow = ("settings", "imports", "initialize", "run", "finalize")  # the fingerprint itself; steps to run
-        options |= {k.lstrip("+") for k, v in config.items() if k not in workflow and not _is_component(v)}
+        for key, value in config.items():
+            key = key.lstrip("+")
+            if key in WORKFLOW or _is_component(value) or key.startswith("evaluator#"):
+                continue
+            options |= {f"{key}#{k}" for k in value} if _is_group(value) else {key}
     return options
 
 
+def batch_arguments() -> dict[str, str]:
+    """``{argument of BatchRun: the option it is given}`` as ``configs/inference.json`` wires them."""
+    batch = json.loads((BUNDLE / "configs" / "inference.json").read_text())["batch"]
+    return {arg: value[1:] for arg, value in batch.items() if isinstance(value, str) and value.startswith("@")}
+
+
 def fingerprinted() -> set[str]:
-    """The options the fingerprint (``settings`` of inference.json) is made from."""
-    settings = json.dumps(json.loads((BUNDLE / "configs" / "inference.json").read_text())["settings"])
-    return set(re.findall(r"@([A-Za-z_][\w#]*)", settings))
+    """The options that reach an argument of BatchRun in its fingerprint (a group's options with the group)."""
+    wired, used = batch_arguments(), set(fingerprinted_args())
+    options = {option for arg, option in wired.items() if arg in used}
+    return options | {o for o in batch_options() if o.split("#")[0] in options}
 
 
 def test_every_batch_option_is_in_the_fingerprint_or_declared_output_neutral():
     options, used = batch_options(), fingerprinted()
-    assert {"crop_padding", "seg_series_number", "threshold", "write_seg"} <= used
+    assert {"crop_padding", "seg_series_number", "mask#threshold", "write_seg", "quality#review_below"} <= used
     forgotten = sorted(options - used - set(OUTPUT_NEUTRAL))
     assert not forgotten, f"options neither in the fingerprint nor declared output-neutral: {forgotten}"
     both = sorted(used & set(OUTPUT_NEUTRAL))
     assert not both, f"declared output-neutral but in the fingerprint: {both}"
     stale = sorted(set(OUTPUT_NEUTRAL) - options)
     assert not stale, f"declared output-neutral but no batch config has them: {stale}"
+
+
+def test_every_argument_of_the_batch_run_is_wired_and_fingerprinted_or_neutral():
+    """BatchRun's fingerprint is every argument but the declared neutral ones: the config gives each a value, and the
+    neutral list names no argument that does not exist."""
+    import inspect
+
+    from scripts.batch.batch_run import BatchRun
+
+    arguments = [n for n in inspect.signature(BatchRun).parameters if n != "self"]
+    assert not sorted(set(OUTPUT_NEUTRAL_ARGS) - set(arguments))
+    required = {"writer_postprocessing", "crop_padding", "seg_series_number", "write_seg", "overwrite"}
+    assert required <= set(json.loads((BUNDLE / "configs" / "inference.json").read_text())["batch"])
+    assert {"crop_padding", "threshold", "write_seg", "ckpt_path", "quality"} <= set(fingerprinted_args())
 
 
 @pytest.mark.slow

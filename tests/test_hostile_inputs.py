@@ -143,8 +143,8 @@ def preprocessing():
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser["image_size"] = [IMAGE_SIZE, IMAGE_SIZE]
-    return parser.get_parsed_content("dataset#transform")
+    parser["model_settings"] = {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "crop_padding": True, "num_classes": 2}
+    return parser.get_parsed_content("preprocessing")
 
 
 @given(recipe=hostile_files())
@@ -290,10 +290,10 @@ def test_bombs_fail_fast_and_memory_does_not_follow_what_a_header_claims(model, 
 
 
 def test_max_image_pixels_sets_the_largest_image_read(model, good_run, tmp_path):
-    """``--max_image_pixels`` as a user types it: a limit below the good images' size refuses them all with the
+    """``--inputs#max_image_pixels`` as a user types it: a limit below the good images' size refuses them all with the
     reason, the default reads them."""
     src = good_run["root"] / "in"
-    status = run_in_process(src, tmp_path / "small", model, max_image_pixels=1000)
+    status = run_in_process(src, tmp_path / "small", model, **{"inputs#max_image_pixels": 1000})
     rows = check_accounted_for(src, tmp_path / "small", status)
     assert status == EXIT_INPUTS_FAILED
     assert all("above the limit of 0.0 megapixels" in r["reason"] for r in rows.values()), rows

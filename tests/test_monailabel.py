@@ -38,6 +38,7 @@ MONAILABEL_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabe
 START_SERVER = REPO / "monailabel" / "start_server.sh"
 MODEL = "cxr_lung_segmentation"  # the bundle with trained weights
 UNTRAINED = "cxr_lung_untrained"  # the same bundle without models/model.pt
+SHIPPED = "cxr_lung_shipped"  # the bundle as it is in the repository, with its release weights
 IMAGE_SIZE = [96, 96]
 STARTUP_TIMEOUT = 300
 TRAIN_TIMEOUT = 600
@@ -284,6 +285,9 @@ def server(tmp_path_factory, studies, trained_model):
     models = workspace / "monaibundle" / "model"
     _bundle_copy(models / MODEL, trained_model["weights"])
     _bundle_copy(models / UNTRAINED, None)
+    if (BUNDLE / "models" / "model.pt").is_file():  # a copy of bundle/ as a user drops it in, shipped weights included
+        generated = shutil.ignore_patterns("eval", "data", "cache", "outputs", "checkpoint*", "model_trained*")
+        shutil.copytree(BUNDLE, models / SHIPPED, ignore=generated)
     server = _start_server(workspace, studies["folder"], workspace / "server.log")
     server.models = models
     try:
@@ -379,6 +383,20 @@ def test_info_lists_a_2d_lung_segmentation_model(server):
     # the datastore lists the DICOM study next to PNG and JPEG ones
     assert info["datastore"]["total"] == 4
     assert "sam_2d" not in info["models"]
+
+
+@needs_monailabel
+@pytest.mark.slow
+def test_the_shipped_model_is_served_at_first_start(server, studies, tmp_path):
+    """A copy of ``bundle/`` as it is in the repository segments at once: MONAI Label lists the shipped model before
+    any training, and its mask of a real-looking radiograph lies on the lungs."""
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        pytest.skip("the bundle ships no weights (bundle/models/model.pt)")
+    assert SHIPPED in server.json("GET", "/info/")["models"]
+    result = server.infer(SHIPPED, studies["ids"]["png"], tmp_path)
+    mask = _check_result(result, studies, "png")
+    truth = _mask(studies["truth"] / f"{studies['ids']['png']}.png")
+    assert dice(mask, truth) > 0.5, dice(mask, truth)
 
 
 @needs_monailabel

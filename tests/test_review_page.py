@@ -57,7 +57,7 @@ def rows(out: Path) -> dict[str, dict]:
 
 def test_every_mask_has_a_quality_score_and_an_inverted_image_scores_lower(run_output):
     report = rows(run_output)
-    review_below = json.loads((BUNDLE / "configs" / "inference.json").read_text())["review_below"]
+    review_below = json.loads((BUNDLE / "configs" / "inference.json").read_text())["quality"]["review_below"]
     for name in [*NAMES, "inverted.png"]:
         assert report[name]["status"] == "ok"
         assert 0 <= float(report[name]["qc_score"]) <= 1, report[name]

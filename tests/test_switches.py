@@ -37,7 +37,9 @@ UNUSED = {("exported", "channels_last")}
 
 
 def merged(names: list[str]) -> ConfigParser:
+    """The configs as ``monai.bundle run`` reads them: with the metadata as ``_meta_``."""
     parser = ConfigParser()
+    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
     parser.read_config([str(BUNDLE / "configs" / n) for n in names])
     return parser
 
@@ -69,6 +71,8 @@ def strings(value):
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETS))
 def test_every_switch_of_every_config_goes_through_the_one_reader(name):
+    """A switch reaches Python whole (``"write_seg": "@write_seg"``, where the component reads it with ``is_on``: the
+    effect tests below check each) or through ``scripts.settings.is_on(...)`` in an expression; never raw."""
     parser = merged(CONFIG_SETS[name])
     found = switches(parser)
     assert "amp" in found and "channels_last" in found  # the check below is not vacuous
@@ -76,8 +80,17 @@ def test_every_switch_of_every_config_goes_through_the_one_reader(name):
         uses = [s for s in strings(parser.get()) if re.search(rf"@{key}(?![\w#])", s)]
         assert uses or (name, key) in UNUSED, f"{name}: switch {key} is never used"
         for text in uses:
+            if text == f"@{key}":
+                continue
             for match in re.finditer(rf"@{key}(?![\w#])", text):
                 assert text[: match.start()].endswith("scripts.settings.is_on("), f"{name}: {key} read raw in {text!r}"
+
+
+def test_the_batch_configs_read_no_switch_in_an_expression():
+    """Batch inference reads its switches in Python (:class:`scripts.batch.batch_run.BatchRun` and the components
+    that take one), not in config expressions."""
+    for name in ("inference.json", "inference_exported.json", "multi_gpu_inference.json"):
+        assert "is_on(" not in (BUNDLE / "configs" / name).read_text(), name
 
 
 def test_is_on_reads_every_word_in_any_case_and_refuses_the_rest():
@@ -112,7 +125,7 @@ def flat(compose) -> list:
 
 def by_name(parser, target: str) -> str:
     """``target`` with each ``<Name>`` replaced by the position of the transform of that class in the list before it
-    (``network_transforms#<CropForegroundd>#select_fn``): a test names the transform, not where it stands."""
+    (``preprocessing#transforms#<CropForegroundd>#select_fn``): a test names the transform, not where it stands."""
     parts = []
     for part in target.split("#"):
         if part.startswith("<") and part.endswith(">"):
@@ -129,41 +142,45 @@ def parsed(names: list[str], overrides: dict, target: str):
     return parser.get_parsed_content(by_name(parser, target))
 
 
-# (config set, option, the id that receives it, how to read the effect): a lowercase word typed on the command line
-# must switch the effect
+# (option, the id that receives it, how to read the effect): a lowercase word typed on the command line must switch
+# the effect
 INFERENCE_EFFECTS = [
-    ("write_png", "case_outputs#write_png", None),
-    ("write_nifti", "case_outputs#write_nifti", None),
-    ("write_seg", "case_outputs#write_seg", None),
-    ("write_overlay", "case_outputs#write_overlay", None),
+    ("write_png", "batch", lambda run: run.outputs.write_png),
+    ("write_nifti", "batch", lambda run: run.outputs.write_nifti),
+    ("write_seg", "batch", lambda run: run.outputs.write_seg),
+    ("write_overlay", "batch", lambda run: run.outputs.write_overlay),
     (
         "write_overlay",
-        "dataset#transform",
-        lambda t: any(type(x).__name__ == "ReviewImaged" for x in flat(t)),
+        "preprocessing",
+        lambda t: any(type(x).__name__ == "ReviewImaged" and x.enabled for x in flat(t)),
     ),
-    ("label_sides", "case_outputs#label_sides", None),
-    ("label_sides", "postprocessing", lambda t: type(t.transforms[-1]).__name__ == "LabelLungSidesd"),
-    ("overwrite", "run_report#overwrite", None),
-    ("amp", "evaluator#amp", None),
-    ("channels_last", "fast_network", lambda network: network.channels_last),
-    ("crop_padding", "network_transforms#<CropForegroundd>#select_fn", lambda select: select is above_minimum),
+    ("label_sides", "batch", lambda run: run.outputs.label_sides),
+    ("label_sides", "writer_postprocessing", lambda t: flat(t)[-1].enabled),
+    ("overwrite", "batch", lambda run: run.overwrite),
+    ("amp", "evaluator", lambda evaluator: evaluator.amp),
+    ("channels_last", "evaluator#network", lambda network: network.channels_last),
+    ("crop_padding", "preprocessing#transforms#<CropForegroundd>#select_fn", lambda select: select is above_minimum),
+    ("crop_padding", "batch", lambda run: run.settings["crop_padding"]),
 ]
 
 
 @pytest.mark.parametrize("config", ["inference", "exported"])
 @pytest.mark.parametrize("option,target,effect", INFERENCE_EFFECTS, ids=[f"{o}-{t}" for o, t, _ in INFERENCE_EFFECTS])
 def test_inference_switches_follow_the_lowercase_word(config, option, target, effect, inputs, tmp_path):
-    if config == "exported" and target == "fast_network":
+    if config == "exported" and target == "evaluator#network":
         pytest.skip("the exported network is used as exported: channels_last does not apply")
-    base = {"dataset_dir": str(inputs), "output_dir": str(tmp_path / "out"), "ckpt_path": str(tmp_path / "none.pt")}
+    base = {"dataset_dir": str(inputs), "ckpt_path": str(tmp_path / "none.pt")}
     if config == "exported":
         scripted = torch.jit.script(torch.nn.Conv2d(1, 2, 1))
         scripted.save(str(tmp_path / "model.ts"))
         base["exported_model"] = str(tmp_path / "model.ts")
     read = effect or bool
-    for on, off in (("true", "false"), ("yes", "no"), ("on", "off"), ("1", "0"), ("TRUE", "False")):
-        assert read(parsed(CONFIG_SETS[config], {**base, option: on}, target)) is True, (option, on)
-        assert read(parsed(CONFIG_SETS[config], {**base, option: off}, target)) is False, (option, off)
+    words = (("true", "false"), ("yes", "no"), ("on", "off"), ("1", "0"), ("TRUE", "False"))
+    for n, (on, off) in enumerate(words):  # an output folder per run: a batch run holds its folder until it ends
+        out = {"output_dir": str(tmp_path / f"out_{n}")}
+        assert read(parsed(CONFIG_SETS[config], {**base, **out, option: on}, target)) is True, (option, on)
+        out = {"output_dir": str(tmp_path / f"out_{n}_off")}
+        assert read(parsed(CONFIG_SETS[config], {**base, **out, option: off}, target)) is False, (option, off)
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +203,11 @@ TRAINING_EFFECTS = [
     ),
     ("train", "resume", "resume_training", lambda resume: resume.checkpoint is not None),
     ("evaluate", "amp", "evaluator#amp", None),
-    ("evaluate", "channels_last", "fast_network", lambda network: network.channels_last),
+    ("evaluate", "channels_last", "evaluator#network", lambda network: network.channels_last),
     (
         "evaluate",
         "crop_padding",
-        "network_transforms#<CropForegroundd>#select_fn",
+        "preprocessing#transforms#<CropForegroundd>#select_fn",
         lambda select: select is above_minimum,
     ),
 ]

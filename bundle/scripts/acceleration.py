@@ -34,12 +34,17 @@ from monai.data import MetaTensor
 from monai.utils import convert_to_dst_type
 from torch import nn
 
+from .settings import is_on
+
 __all__ = [
     "FastNetwork",
     "cpu_share",
     "cpu_supports_bf16",
     "freeze_startup_objects",
     "resolve_precision",
+    "default_loader_workers",
+    "default_write_processes",
+    "prepare_process",
     "return_large_buffers_to_os",
     "use_cpu_threads",
 ]
@@ -87,10 +92,11 @@ class FastNetwork(nn.Module):
 
     Args:
         network: the module to run (its parameters are shared, not copied: optimisers and checkpoints of
-            ``network`` keep working).
+            ``network`` keep working); moved to ``device``.
         device: the device the network runs on; decides what ``"auto"`` means.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast dtype for the forward pass.
-        channels_last: convert weights and inputs to channels-last (NHWC), which oneDNN and cuDNN run fastest.
+        channels_last: convert weights and inputs to channels-last (NHWC), which oneDNN and cuDNN run fastest (a
+            config's switch: read with :func:`scripts.settings.is_on`).
         compile: run the training forward (and so its backward) through ``torch.compile``; the first call of each
             input shape compiles (tens of seconds on a CPU). Inference keeps the eager path with cached weights.
 
@@ -103,11 +109,12 @@ class FastNetwork(nn.Module):
         network: nn.Module,
         device: torch.device | str = "cpu",
         precision: str = "auto",
-        channels_last: bool = True,
-        compile: bool = False,
+        channels_last: bool | str = True,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
-        self.network = network
+        channels_last, compile = is_on(channels_last), is_on(compile)
+        self.network = network.to(device)
         # kept out of the module tree: the compiled wrapper shares the network's parameters, not a second state dict
         object.__setattr__(self, "_train_network", torch.compile(network) if compile else network)
         self.device_type = torch.device(device).type
@@ -205,6 +212,25 @@ def cpu_share() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def default_loader_workers() -> int:
+    """DataLoader workers of a batch run: half of this process's cores, at least 2 (decoding is the longest stage)."""
+    return max(2, cpu_share() // 2)
+
+
+def default_write_processes() -> int:
+    """Writer processes of a batch run: a quarter of this process's cores, at least 2."""
+    return max(2, cpu_share() // 4)
+
+
+def prepare_process(num_workers: int = 0, write_processes: int = 0) -> int:
+    """Set up this process for a run: cuDNN's autotuner on (fixed input sizes), large buffers returned to the system
+    (:func:`return_large_buffers_to_os`), and the network's thread pool sized to the cores that the DataLoader workers
+    and writer processes leave (:func:`use_cpu_threads`). Returns the number of network threads."""
+    torch.backends.cudnn.benchmark = True
+    return_large_buffers_to_os()
+    return use_cpu_threads(cpu_share() - int(num_workers) - int(write_processes))
 
 
 def use_cpu_threads(threads: int) -> int:

@@ -61,7 +61,7 @@ class DicomwebSource:
         workers: int = 4,
     ) -> None:
         if not str(url).startswith(("http://", "https://")):
-            raise ValueError(f"--dicomweb_url must be an http(s) URL of a DICOMweb root, got {url!r}")
+            raise ValueError(f"--dicomweb#url must be an http(s) URL of a DICOMweb root, got {url!r}")
         self.url = str(url).rstrip("/")
         if isinstance(study_uids, str):
             study_uids = study_uids.replace(",", " ").split()
@@ -148,7 +148,7 @@ class DicomwebSource:
             wanted = f"studies {', '.join(self.study_uids)}" if self.study_uids else "the whole server"
             raise FileNotFoundError(
                 f"{self.url}: no instances found in {wanted} with the query {self.query or '{}'} "
-                "(check --dicomweb_studies and --dicomweb_query)"
+                "(check --dicomweb#studies and --dicomweb#query)"
             )
         logger.info("%s: %d instances found", self.url, len(instances))
         stored = self.stored_segs(i["study"] for i in instances) if seg_uid else set()

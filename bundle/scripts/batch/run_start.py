@@ -84,7 +84,7 @@ def _prepare_run(
 ) -> RunReport:
     output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
     if pacs is not None and dataset_dir:
-        raise ValueError("give one source: --dataset_dir or --dicomweb_url, not both")
+        raise ValueError("give one source: --dataset_dir or --dicomweb#url, not both")
     if dataset_dir and os.path.realpath(os.path.expanduser(str(dataset_dir))) == os.path.realpath(output_dir):
         raise ValueError(
             f"output_dir is the input folder ({output_dir}): choose another --output_dir, or a sub-folder of the input "

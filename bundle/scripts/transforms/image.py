@@ -42,6 +42,8 @@ class ResizeToMatchd(MapTransform):
         keys: keys of the items to resize (usually ``"label"``).
         ref_key: key of the item whose spatial size is the target (usually ``"image"``).
         mode: interpolation mode, ``"nearest-exact"`` by default so labels stay labels.
+        as_loaded: match the reference's grid as loaded (its meta data's ``spatial_shape``), not its current shape:
+            the label is then on the input's own grid even after the image was cropped and resized for the network.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -50,15 +52,19 @@ class ResizeToMatchd(MapTransform):
         keys: KeysCollection,
         ref_key: str = "image",
         mode: str = "nearest-exact",
+        as_loaded: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
         self.mode = mode
+        self.as_loaded = as_loaded
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        target = tuple(d[self.ref_key].shape[1:])
+        ref = d[self.ref_key]
+        loaded = getattr(ref, "meta", {}).get("spatial_shape") if self.as_loaded else None
+        target = tuple(int(n) for n in loaded) if loaded is not None else tuple(ref.shape[1:])
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != target:
                 d[key] = Resize(spatial_size=target, mode=self.mode)(d[key])
@@ -114,13 +120,21 @@ class ReviewImaged(MapTransform):
         keys: keys of channel-first 2D images (usually ``"image"``, as loaded).
         names: the key of each copy (usually ``"overlay_image"``).
         size: the canvas side and the longest side of the picture, in pixels.
+        enabled: make the copies (a config's ``write_overlay`` switch, read with :func:`scripts.settings.is_on`);
+            off, the transform passes the item through, so a run without overlays decodes nothing for them.
         allow_missing_keys: don't raise when a key is absent.
     """
 
     def __init__(
-        self, keys: KeysCollection, names: KeysCollection, size: int = 1024, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        names: KeysCollection,
+        size: int = 1024,
+        enabled: bool | str = True,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.enabled = is_on(enabled)
         self.names = [names] if isinstance(names, str) else list(names)
         if len(self.names) != len(self.keys):
             raise ValueError(f"one name per key: got keys {self.keys} and names {self.names}")
@@ -130,6 +144,8 @@ class ReviewImaged(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        if not self.enabled:
+            return d
         for key, name in zip(self.key_iterator(d), self.names, strict=True):
             grey = _grey_levels(np.asarray(torch.as_tensor(d[key])[0].detach().cpu()))
             width, height = grey.shape  # (x, y)

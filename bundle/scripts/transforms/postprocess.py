@@ -31,6 +31,7 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from ..lungs import keep_lung_components, patient_right_on_image_left, split_lung_sides
 from ..quality import lung_quality_score
+from ..settings import is_on
 
 __all__ = ["InverseInterpolationd", "KeepLungComponentsd", "KeepLungProbabilityd", "LabelLungSidesd"]
 
@@ -193,6 +194,8 @@ class LabelLungSidesd(MapTransform):
         right_label: value of the patient's right lung.
         left_label: value of the patient's left lung.
         orientation_key: meta key holding the DICOM Patient Orientation string.
+        enabled: label the sides (a config's ``label_sides`` switch, read with :func:`scripts.settings.is_on`); off,
+            the mask passes through as 0/1.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -202,14 +205,18 @@ class LabelLungSidesd(MapTransform):
         right_label: int = 1,
         left_label: int = 2,
         orientation_key: str = "patient_orientation",
+        enabled: bool | str = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.enabled = is_on(enabled)
         self.right_label, self.left_label = right_label, left_label
         self.orientation_key = orientation_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        if not self.enabled:
+            return d
         for key in self.key_iterator(d):
             img = d[key]
             meta = img.meta if isinstance(img, MetaTensor) else {}
