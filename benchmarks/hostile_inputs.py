@@ -57,10 +57,7 @@ def run(src: Path, out: Path, model: Path) -> dict:
     args = ["run", "--config_file", "configs/inference.json", "--dataset_dir", str(src), "--output_dir", str(out)]
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *args, "--ckpt_path", str(model)],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", WRAPPER, *args, "--ckpt_path", str(model)], cwd=BUNDLE, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     peak = next(int(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("PEAK_RSS_KB")) / 1024

@@ -35,3 +35,48 @@ def test_the_model_settings_are_written_once():
     for shape in (formats["inputs"]["image"]["spatial_shape"], formats["outputs"]["pred"]["spatial_shape"]):
         assert shape == configs["train.json"]["image_size"]
     assert formats["outputs"]["pred"]["num_channels"] == configs["train.json"]["num_classes"]
+
+
+def test_the_model_zoo_reference_checks_hold():
+    """What the model zoo's CI checks by id: the inference post-processing is ``@postprocessing``, the dataset runs
+    ``@preprocessing`` (which ``Invertd`` inverts), and the training and validation engines use their own ids."""
+    inference = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    assert inference["evaluator"]["postprocessing"] == "@postprocessing"
+    assert inference["dataset"]["transform"] == "@preprocessing"
+    invert = [t for t in inference["writer_postprocessing"]["transforms"] if t["_target_"] == "Invertd"]
+    assert [t["transform"] for t in invert] == ["@preprocessing"]
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert train["train"]["trainer"]["postprocessing"] == "@train#postprocessing"
+    assert train["validate"]["evaluator"]["postprocessing"] == "@validate#postprocessing"
+
+
+@pytest.mark.parametrize("workflow_type", ["infer", "train"])
+def test_monai_config_workflow_properties_are_complete(workflow_type, tmp_path, model_args):
+    """``ConfigWorkflow(...).check_properties()``, as MONAI and the model zoo run it, finds no required property
+    missing and no optional one referenced under another id."""
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    from scripts.data.synthetic import synthetic_case
+
+    overrides = {"bundle_root": str(BUNDLE), "output_dir": str(tmp_path / "out")}
+    if workflow_type == "infer":
+        (tmp_path / "in").mkdir()
+        Image.fromarray(synthetic_case(1)[0]).save(tmp_path / "in" / "a.png")
+        overrides.update(dataset_dir=str(tmp_path / "in"), ckpt_path=model_args[model_args.index("--ckpt_path") + 1])
+        config = "configs/inference.json"
+    else:
+        overrides.update(
+            ckpt_dir=str(tmp_path / "models"), synthetic_dir=str(tmp_path / "synthetic"), dataset_type="plain",
+            num_workers=0,
+        )  # fmt: skip
+        config = "configs/train.json"
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / config),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []

@@ -21,7 +21,7 @@ def test_cross_validation_holds_every_case_out_once_and_reports_its_dice(tmp_pat
         [sys.executable, "benchmarks/cross_validation.py", "--data", data, "--folds", "2", "--workdir", str(workdir),
          "--", "--max_epochs", "1", "--image_size", "[64,64]", "--crop_padding", "false",
          "--num_workers", "0"],  # fmt: skip
-        cwd=REPO,
+        cwd=REPO
     )
 
     folds = [json.loads((workdir / f"fold{f}" / "datalist.json").read_text()) for f in range(2)]

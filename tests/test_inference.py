@@ -329,14 +329,7 @@ def test_interrupted_run_resumes_without_losing_or_duplicating(model_args, tmp_p
     assert not list(out.rglob(".tmp-*"))
 
     run_inference(
-        "--dataset_dir",
-        str(src),
-        "--output_dir",
-        str(out),
-        *model_args,
-        "--overwrite",
-        "true",
-        expect=EXIT_OK,
+        "--dataset_dir", str(src), "--output_dir", str(out), *model_args, "--overwrite", "true", expect=EXIT_OK
     )
     report = read_report(out)
     assert len(report) == files and not [r for r in report.values() if r["reused"] == "yes"]

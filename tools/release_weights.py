@@ -62,6 +62,11 @@ def main() -> None:
     parser.add_argument("--training_time", required=True, help="how long the training took, and on what")
     parser.add_argument("--commit", default=None, help="the commit whose code trained them (default: HEAD)")
     parser.add_argument("--eval_dir", default=None, help="evaluate.json's output folder for the validation cases")
+    parser.add_argument(
+        "--recipe",
+        default="configs/train.json defaults",
+        help="how they were trained: train.json and the overrides of the training command",
+    )
     args = parser.parse_args()
 
     metadata_path = BUNDLE / "configs" / "metadata.json"
@@ -80,7 +85,7 @@ def main() -> None:
         "dtype": "float16",
         "data": "kaggle-lungs-512: 602 training cases of configs/datalist_kaggle_lungs_512.json (Shenzhen 483, "
         "Montgomery 119), 67 validation cases",
-        "recipe": "configs/train.json defaults",
+        "recipe": args.recipe,
         "commit": commit,
         "training_time": args.training_time,
         "license": "CC BY-NC-SA 4.0 (inherited from the Shenzhen lung masks), see docs/data_license.txt",

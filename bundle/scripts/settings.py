@@ -21,14 +21,7 @@ from pathlib import Path
 from .io.files import atomic_write
 from .io.weights import file_sha256, settings_file
 
-__all__ = [
-    "is_on",
-    "ON_WORDS",
-    "OFF_WORDS",
-    "MODEL_SETTINGS",
-    "trained_settings",
-    "write_model_settings",
-]
+__all__ = ["is_on", "ON_WORDS", "OFF_WORDS", "MODEL_SETTINGS", "trained_settings", "write_model_settings"]
 
 ON_WORDS = ("true", "yes", "on", "1")
 OFF_WORDS = ("false", "no", "off", "0")

@@ -58,11 +58,7 @@ _TYPE2_PATIENT_STUDY = (
     "AccessionNumber",
 )
 # SNOMED CT codes of the segmented structures
-_SEGMENTS = {
-    "lung": ("39607008", "Lung"),
-    "right": ("3341006", "Right lung"),
-    "left": ("44029006", "Left lung"),
-}
+_SEGMENTS = {"lung": ("39607008", "Lung"), "right": ("3341006", "Right lung"), "left": ("44029006", "Left lung")}
 
 
 def _safe_component(text: str) -> str:

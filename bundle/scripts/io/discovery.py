@@ -172,11 +172,7 @@ def _datalist_files(datalist_file: str, key: str | None) -> list[tuple[str, str]
     return found
 
 
-def discover_inputs(
-    dataset_dir: str,
-    exclude: Iterable[str] = (),
-    datalist_key: str | None = None,
-) -> list[dict]:
+def discover_inputs(dataset_dir: str, exclude: Iterable[str] = (), datalist_key: str | None = None) -> list[dict]:
     """Find and classify every input of a run.
 
     Args:

@@ -30,11 +30,7 @@ class ProgressiveResizing:
     """
 
     def __init__(
-        self,
-        early_size: Sequence[int],
-        early_fraction: float = 0.0,
-        image_key: str = "image",
-        label_key: str = "label",
+        self, early_size: Sequence[int], early_fraction: float = 0.0, image_key: str = "image", label_key: str = "label"
     ) -> None:
         if not 0.0 <= float(early_fraction) < 1.0:
             raise ValueError(f"early_fraction must be in [0, 1); got {early_fraction!r}.")
