@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,10 @@ def test_inference_runs_exported_models_like_eager(real_exports, real_sample, tm
     names = sorted(p.name for p in (real_sample / "images").glob("CHNCXR_*.png"))[:4] + ["MCUCXR_0196_1.png"]
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": str(real_sample / "images" / n)} for n in names]}))
-    common = ["--meta_file", "configs/metadata.json", "--dataset_dir", str(datalist), "--image_size", "[96,96]",
+    common = ["--meta_file", "configs/metadata.json", "--dataset_dir", str(datalist),
               "--num_workers", "0", "--write_seg", "no", "--write_overlay", "0"]  # fmt: skip
+    # an export reads its settings from the model.json beside it, as models/model.ts does (the tiny model is 96x96)
+    shutil.copy(exports["model"].with_suffix(".json"), exports["ts"].with_name("model.json"))
 
     # the exports run in fp32, so the eager reference does too (the default bf16 fast path has its own parity test)
     run_bundle("run", "--config_file", "configs/inference.json", "--ckpt_path", str(exports["model"]),

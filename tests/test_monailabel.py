@@ -140,7 +140,7 @@ def _free_port() -> int:
 
 
 def _start_server(
-    workspace: Path, studies: Path | str, log: Path, models: tuple[str, ...] = (MODEL, UNTRAINED)
+    workspace: Path, studies: Path | str, log: Path, models: tuple[str, ...] = (MODEL, UNTRAINED, SHIPPED)
 ) -> Server:
     """``start_server.sh`` on a free loopback port, ``studies`` a folder or a DICOMweb URL; waits for ``/info``."""
     port = _free_port()
@@ -285,9 +285,9 @@ def server(tmp_path_factory, studies, trained_model):
     models = workspace / "monaibundle" / "model"
     _bundle_copy(models / MODEL, trained_model["weights"])
     _bundle_copy(models / UNTRAINED, None)
-    if (BUNDLE / "models" / "model.pt").is_file():  # a copy of bundle/ as a user drops it in, shipped weights included
-        generated = shutil.ignore_patterns("eval", "data", "cache", "outputs", "checkpoint*", "model_trained*")
-        shutil.copytree(BUNDLE, models / SHIPPED, ignore=generated)
+    # a copy of bundle/ as a user drops it in, shipped weights included (without them, it is one more untrained bundle)
+    generated = shutil.ignore_patterns("eval", "data", "cache", "outputs", "checkpoint*", "model_trained*")
+    shutil.copytree(BUNDLE, models / SHIPPED, ignore=generated)
     server = _start_server(workspace, studies["folder"], workspace / "server.log")
     server.models = models
     try:
