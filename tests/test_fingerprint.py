@@ -53,17 +53,25 @@ def batch_arguments() -> dict[str, str]:
     return {arg: value[1:] for arg, value in batch.items() if isinstance(value, str) and value.startswith("@")}
 
 
+def reaching(arguments: set[str]) -> set[str]:
+    """The options that reach these arguments of BatchRun: wired to one (a group's options with the group), or set on
+    the run itself (``batch#shard``)."""
+    options = {option for arg, option in batch_arguments().items() if arg in arguments}
+    grouped = {o for o in batch_options() if o.split("#")[0] in options}
+    direct = {o for o in batch_options() if o.startswith("batch#") and o.split("#", 1)[1] in arguments}
+    return options | grouped | direct
+
+
 def fingerprinted() -> set[str]:
-    """The options that reach an argument of BatchRun in its fingerprint (a group's options with the group)."""
-    wired, used = batch_arguments(), set(fingerprinted_args())
-    options = {option for arg, option in wired.items() if arg in used}
-    return options | {o for o in batch_options() if o.split("#")[0] in options}
+    """The options that reach an argument of BatchRun in its fingerprint."""
+    return reaching(set(fingerprinted_args()))
 
 
 def test_every_batch_option_is_in_the_fingerprint_or_declared_output_neutral():
     options, used = batch_options(), fingerprinted()
     assert {"crop_padding", "seg_series_number", "mask#threshold", "write_seg", "quality#review_below"} <= used
-    forgotten = sorted(options - used - set(OUTPUT_NEUTRAL))
+    neutral_arguments = reaching(set(OUTPUT_NEUTRAL_ARGS))  # e.g. output_dir, batch#shard: the argument says why
+    forgotten = sorted(options - used - neutral_arguments - set(OUTPUT_NEUTRAL))
     assert not forgotten, f"options neither in the fingerprint nor declared output-neutral: {forgotten}"
     both = sorted(used & set(OUTPUT_NEUTRAL))
     assert not both, f"declared output-neutral but in the fingerprint: {both}"

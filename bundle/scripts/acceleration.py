@@ -40,11 +40,11 @@ __all__ = [
     "FastNetwork",
     "cpu_share",
     "cpu_supports_bf16",
-    "freeze_startup_objects",
-    "resolve_precision",
     "default_loader_workers",
     "default_write_processes",
+    "freeze_startup_objects",
     "prepare_process",
+    "resolve_precision",
     "return_large_buffers_to_os",
     "use_cpu_threads",
 ]

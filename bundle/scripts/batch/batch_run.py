@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine
 
 from ..acceleration import resolve_precision
+from ..io.dicom import RADIOGRAPH_MODALITIES
 from ..settings import is_on
 from .case_outputs import CaseOutputs
 from .case_writer import CaseWriter
@@ -27,7 +28,7 @@ from .progress import FileProgressBar
 from .report import RunReport
 from .run_start import open_run
 
-__all__ = ["BatchRun", "OUTPUT_NEUTRAL_ARGS"]
+__all__ = ["BatchRun", "OUTPUT_NEUTRAL_ARGS", "fingerprinted_args"]
 
 # the arguments of BatchRun that change no output of an input, and why; every other argument is in the fingerprint
 OUTPUT_NEUTRAL_ARGS = {
@@ -95,7 +96,7 @@ class BatchRun:
         datalist_key: str | None = None,
         overwrite: bool | str = False,
         dicomweb: dict | None = None,
-        modalities: Sequence[str] = ("CR", "DX", "DR", "RG", "OT", ""),
+        modalities: Sequence[str] = RADIOGRAPH_MODALITIES,
         precision: str = "auto",
         amp: bool | str = False,
         threshold: float = 0.5,
@@ -117,7 +118,7 @@ class BatchRun:
     ) -> None:
         device = torch.device(device)
         dicomweb = dict(dicomweb or {})
-        quality = {"lung_fraction_range": (0.05, 0.6), "max_side_ratio": 2.5, "review_below": 0.97, **(quality or {})}
+        quality = dict(quality or {})  # CaseOutputs' own defaults for any bound not given
         self.write_processes = int(write_processes)
         self.overwrite = is_on(overwrite)
         # the fingerprint: every argument that changes what is written for an input, as the run uses it
@@ -141,7 +142,7 @@ class BatchRun:
                 "seg_series_number": int(seg_series_number),
                 "store_seg": is_on(dicomweb.get("store", True)) and bool(dicomweb.get("url")),
             },
-            "quality": {key: quality[key] for key in sorted(quality)},
+            "quality": dict(sorted(quality.items())),
         }
         outputs = self.settings["outputs"]
         self.pacs = (
@@ -174,9 +175,7 @@ class BatchRun:
             write_overlay=outputs["overlay"],
             write_rle=outputs["rle"],
             label_sides=self.settings["label_sides"],
-            lung_fraction_range=quality["lung_fraction_range"],
-            max_side_ratio=quality["max_side_ratio"],
-            review_below=quality["review_below"],
+            **quality,
             seg_series_number=outputs["seg_series_number"],
             software_version=software_version,
             uid_seed=self.report.settings_id,

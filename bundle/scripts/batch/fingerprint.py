@@ -3,9 +3,9 @@ and outputs only when its fingerprint is the same (:class:`scripts.batch.report.
 
 The fingerprint is :attr:`scripts.batch.batch_run.BatchRun.settings`: every argument of the run that changes what is
 written for an input (the weights, the model's input settings, the precision, the post-processing, which outputs and
-how). Every option of the batch configs that reaches none of those arguments is declared here, in
-:data:`OUTPUT_NEUTRAL`, with the reason it changes no output; ``tests/test_fingerprint.py`` fails for an option that is
-in neither, so a new option cannot be forgotten.
+how); its other arguments are declared neutral there, each with its reason. Every option of the batch configs that
+reaches no argument of the run is declared here, in :data:`OUTPUT_NEUTRAL`, with the reason it changes no output;
+``tests/test_fingerprint.py`` fails for an option that is in neither, so a new option cannot be forgotten.
 """
 
 from __future__ import annotations
@@ -16,30 +16,18 @@ import os
 
 __all__ = ["OUTPUT_NEUTRAL", "file_signature", "settings_id"]
 
-# options of inference.json, evaluate.json and multi_gpu_inference.json that reach no fingerprinted argument of
-# scripts.batch.batch_run.BatchRun, and why (tests/test_fingerprint.py)
+# options of inference.json, evaluate.json and multi_gpu_inference.json that reach no argument of
+# scripts.batch.batch_run.BatchRun (whose neutral arguments say their own reasons), and why (tests/test_fingerprint.py)
 OUTPUT_NEUTRAL = {
     "bundle_root": "where the bundle is",
-    "dataset_dir": "which inputs: each input is a row of its own, keyed by its file",
-    "dicomweb#url": "which inputs (from a PACS); whether SEGs are stored there is fingerprinted",
-    "dicomweb#studies": "which inputs (from a PACS)",
-    "dicomweb#query": "which inputs (from a PACS)",
-    "dicomweb#store": "fingerprinted as the run applies it (store_seg), with the URL",
-    "inputs#datalist_key": "which inputs (from a datalist)",
-    "inputs#modalities": "which inputs are segmented: decided again at discovery in every run",
     "inputs#max_image_pixels": "refuses a file before decoding; the masks of a file it admits do not depend on it",
-    "output_dir": "the folder the fingerprint belongs to",
-    "overwrite": "segments every input again, whatever the fingerprint",
-    "device": "where the network runs; what changes its arithmetic (precision, amp) is fingerprinted",
     "channels_last": "memory layout: the same arithmetic",
     "batch_size": "how many inputs the network sees at once: each is segmented alone",
     "num_workers": "parallelism",
-    "write_processes": "parallelism",
     "synthetic_dir": "which inputs (evaluation without data)",
     "split": "which inputs (evaluation)",
     "split_file": "which inputs (evaluation)",
     "metric_output": "evaluation's own files, written anew by every evaluation",
-    "batch#shard": "how a run is divided between processes",
     "datalist": "which inputs (evaluation)",
     "displayable_configs#result_extension": "MONAI Label's result file type; batch runs do not read it",
 }
