@@ -1,5 +1,6 @@
 """What a bundle makes of fixed inputs, as one JSON digest, so that two versions of the bundle can be compared: a config
-redesign must leave the masks, the SEG pixels, the report rows and the evaluation metrics as they were.
+redesign must leave the masks, the SEG pixels, the report rows, the evaluation metrics and a short training run as they
+were.
 
     python benchmarks/behaviour_digest.py --bundle bundle --ckpt W.pt --data DATA --out new.json
     python benchmarks/behaviour_digest.py --bundle /old/bundle --ckpt W.pt --data DATA --out old.json
@@ -9,7 +10,9 @@ The inputs are the data folder's images as PNG and, written here with pydicom, a
 Batch inference runs on them with ``configs/inference.json``; evaluation with ``inference.json`` + ``evaluate.json``
 on the images and masks. The digest holds a SHA-256 of every mask PNG and of every SEG's pixel data, the report rows
 without run-specific fields (times, paths of the output folder, UIDs derived from the fingerprint), and the per-case
-Dice and the mean of every metric of the evaluation.
+Dice and the mean of every metric of the evaluation. Training runs ``configs/train.json`` for 3 epochs on the data
+folder (seeded, no loader workers): the digest holds every logged loss and validation Dice (the training curve) and a
+SHA-256 of the trained model's weights.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -54,8 +59,25 @@ def write_dicom(png: Path, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def run(bundle: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=bundle, check=True, capture_output=True)
+def run(bundle: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=bundle, check=True, capture_output=True, text=True
+    )
+    return proc.stdout + proc.stderr
+
+
+def training_curve(bundle: Path, data: Path, work: Path) -> dict:
+    """A 3-epoch training run's logged losses and validation Dice, and its model's weights as one SHA-256."""
+    log = run(
+        bundle, "training", "--config_file", "configs/train.json", "--dataset_dir", str(data), "--max_epochs", "3",
+        "--num_workers", "0", "--output_dir", str(work / "train"), "--ckpt_dir", str(work / "models"),
+    )  # fmt: skip
+    curve = re.findall(r"(train_loss|val_mean_dice|val_mean_iou|train_mean_dice): ([0-9.]+)", log)
+    state = torch.load(work / "models" / "model_trained.pt", map_location="cpu", weights_only=True)
+    weights = hashlib.sha256()
+    for name in sorted(state):
+        weights.update(name.encode() + state[name].numpy().tobytes())
+    return {"curve": [f"{name} {value}" for name, value in curve], "weights": weights.hexdigest()}
 
 
 def digest(bundle: Path, ckpt: str, data: Path, work: Path) -> dict:
@@ -101,12 +123,15 @@ def digest(bundle: Path, ckpt: str, data: Path, work: Path) -> dict:
         for line in f:
             name, value = line.strip().replace(",", "\t").split("\t")[:2]
             means[name] = value
-    return {"masks": masks, "segs": segs, "rows": rows, "dice": dice, "metrics": means}
+    return {
+        "masks": masks, "segs": segs, "rows": rows, "dice": dice, "metrics": means,
+        "training": training_curve(bundle, data, work),
+    }  # fmt: skip
 
 
 def compare(old: dict, new: dict) -> int:
     differences = 0
-    for part in ("masks", "segs", "rows", "dice", "metrics"):
+    for part in ("masks", "segs", "rows", "dice", "metrics", "training"):
         same = old[part] == new[part]
         differences += not same
         print(f"{part}: {len(old[part])} entries, {'identical' if same else 'DIFFERENT'}")

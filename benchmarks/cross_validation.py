@@ -10,7 +10,7 @@ distance, and the time it took.
     python benchmarks/cross_validation.py                                # default recipe, 5 folds, real sample
     python benchmarks/cross_validation.py --folds 5 -- --max_epochs 60    # extra train.json overrides after `--`
     python benchmarks/cross_validation.py --recipe tutorial               # the original tutorial's settings
-    python benchmarks/cross_validation.py --only_folds 0 4 -- --opacity_prob 0  # quick screen on two folds
+    python benchmarks/cross_validation.py --only_folds 0 4 -- --train#opacity_prob 0  # quick screen on two folds
     python benchmarks/cross_validation.py --val_fraction 0.15             # hold 15% out, keep the best epoch's model
     python benchmarks/cross_validation.py --workdir W --reuse_models --eval_args "--mask#min_component_fraction 0"
                                           # post-processing ablation: evaluate the fold models kept in W again
@@ -87,7 +87,7 @@ def evaluate(datalist: str, model: str, output_dir: str, overrides: list[str]) -
     """Score a datalist's ``test`` cases with ``inference.json`` + ``evaluate.json``; returns the output folder."""
     run_bundle(
         ["run", "--config_file", "['configs/inference.json','configs/evaluate.json']", "--dataset_dir", datalist,
-         "--split", "test", "--ckpt_path", model, "--output_dir", output_dir, *overrides],
+         "--split#part", "test", "--ckpt_path", model, "--output_dir", output_dir, *overrides],
         f"{output_dir}.log",
     )  # fmt: skip
     return output_dir
@@ -180,7 +180,7 @@ def main() -> None:
         if not (args.reuse_models and os.path.isfile(f"{fold_dir}/models/model_trained.pt")):
             train_args = ["run", "training", "--config_file", train_config, "--dataset_dir", datalist,
                           "--ckpt_dir", f"{fold_dir}/models", "--output_dir", f"{fold_dir}/train",
-                          "--val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
+                          "--split#val_fraction", str(args.val_fraction), *overrides]  # fmt: skip
             run_bundle(train_args, f"{fold_dir}/train.log")
         t1 = time.perf_counter()
         evaluation = [*inference_overrides, *args.eval_args.split()]

@@ -13,7 +13,7 @@ Experiments (``--experiment``), each trained with ``monai.bundle run training`` 
     python benchmarks/kaggle_split.py --write_split                  # (re)write the split file, seeded
     python benchmarks/kaggle_split.py --recipe tutorial               # the tutorial's recipe on the split
     python benchmarks/kaggle_split.py -- --max_epochs 20   # the default recipe; train.json overrides after --
-    python benchmarks/kaggle_split.py --experiment shenzhen_to_montgomery -- --opacity_prob 0.3
+    python benchmarks/kaggle_split.py --experiment shenzhen_to_montgomery -- --train#opacity_prob 0.3
 
 Prints mean, median, worst and 10th-percentile Dice, the share of cases at or above 0.96, per source, and the times.
 """
@@ -115,7 +115,7 @@ def main() -> None:
     if not os.path.isfile(model):
         run_bundle(
             ["run", "training", "--config_file", json.dumps(train_configs), "--dataset_dir", datalist,
-             "--ckpt_dir", os.path.dirname(model), "--output_dir", f"{workdir}/train", "--val_fraction", "0",
+             "--ckpt_dir", os.path.dirname(model), "--output_dir", f"{workdir}/train", "--split#val_fraction", "0",
              *overrides],
             f"{workdir}/train.log",
         )  # fmt: skip

@@ -9,7 +9,8 @@ Each variant runs in its own process, at the recipe's image size (``image_size``
 * the bundle's trainer built from train.json exactly as ``monai.bundle run training`` builds it (data loading,
   augmentation, loss, metrics, handlers and checkpoints included), on the synthetic default data, timed over whole
   epochs between a warm-up epoch and the last one (whose final checkpoint a 200-epoch run pays once); once as
-  configured and once with ``--compile true`` (the first epoch's extra time, the compilation, reported);
+  configured and once with ``--train#trainer#network#compile true`` (the first epoch's extra time, the compilation,
+  reported);
 * with ``--baseline_bundle DIR``, the trainer of another bundle folder (e.g. the version before a change).
 
     python benchmarks/training.py [--epochs 3] [--cases 40] [--baseline_bundle /tmp/old/bundle]
@@ -56,7 +57,7 @@ def training_step(size: int, seconds: float) -> dict:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.update({"dataset_dir": "unused", "batch_size": BATCH})
-    fast, loss_fn = parser.get_parsed_content("fast_network"), parser.get_parsed_content("loss")
+    fast, loss_fn = parser.get_parsed_content("train#trainer#network"), parser.get_parsed_content("loss")
     optimiser = parser.get_parsed_content("optimizer")
     fast.train()
     images = torch.rand(BATCH, 1, size, size)
@@ -88,8 +89,7 @@ def trainer(bundle: str, epochs: int, cases: int, overrides: dict) -> dict:
                 "dataset_dir": data,
                 "ckpt_dir": os.path.join(tmp, "models"),
                 "output_dir": os.path.join(tmp, "eval"),
-                "val_fraction": 0.1,
-                "test_fraction": 0.0,
+                "split": {"val_fraction": 0.1, "test_fraction": 0.0},
                 "max_epochs": epochs + 2,  # a warm-up epoch, the timed ones, and the last (its final save not timed)
                 "val_interval": 1000,  # training speed only
                 **overrides,
@@ -107,7 +107,7 @@ def trainer(bundle: str, epochs: int, cases: int, overrides: dict) -> dict:
         return {
             "images_per_s": n_images * len(steady) / sum(steady),
             "first_epoch_extra_s": first_epoch - sum(steady) / len(steady),
-            "precision": parser.get_parsed_content("fast_network").precision,
+            "precision": parser.get_parsed_content("train#trainer#network").precision,
         }
 
 
@@ -133,7 +133,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="time each bare loop at least this long")
     parser.add_argument("--size", type=int, default=None, help="image size (default: train.json's image_size)")
     parser.add_argument("--baseline_bundle", default=None, help="also time the trainer of this (older) bundle folder")
-    parser.add_argument("--no_compile", action="store_true", help="skip the --compile true trainer")
+    parser.add_argument(
+        "--no_compile", action="store_true", help="skip the compiled trainer (train#trainer#network#compile)"
+    )
     args = parser.parse_args()
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     size = args.size or recipe["image_size"][0]
@@ -153,8 +155,8 @@ def main() -> None:
     runs["training step alone (no data, no handlers)"] = in_subprocess("training_step", size=size, seconds=args.seconds)
     runs["bundle trainer"] = in_subprocess("trainer", bundle=str(BUNDLE), overrides=size_override, **common)
     if not args.no_compile:
-        runs["bundle trainer, --compile true"] = in_subprocess(
-            "trainer", bundle=str(BUNDLE), overrides={**size_override, "compile": True}, **common
+        runs["bundle trainer, compiled"] = in_subprocess(
+            "trainer", bundle=str(BUNDLE), overrides={**size_override, "train#trainer#network#compile": True}, **common
         )
     reference = runs["tutorial loop (fp32 eager, NCHW)"]["images_per_s"]
     for name, result in runs.items():

@@ -67,7 +67,14 @@ def ddp_run(tmp_path_factory) -> dict:
     # 20 cases -> 14 training (7 per rank, no padding duplicates), 4 validation (2 per rank), 2 test
     data = generate_synthetic_dataset(str(tmp_path / "data"), num_cases=20, seed=100)
     # the on-disk cache, shared by both ranks as on a multi-GPU node
-    extra = ["--record_rank_samples", "yes", "--dataset_type", "persistent", "--cache_dir", str(tmp_path / "cache")]
+    extra = [
+        "--record_rank_samples",
+        "yes",
+        "--cache#dataset_type",
+        "persistent",
+        "--cache#dir",
+        str(tmp_path / "cache"),
+    ]
     log = run_torchrun(tmp_path, data, *extra)
     return {"dir": tmp_path, "data": data, "log": log}
 

@@ -77,14 +77,15 @@ def test_opacity_is_seeded_and_respects_its_probability(chest):
 
 @pytest.mark.parametrize("override", [None, 0.15])
 def test_train_json_wires_the_opacity_probability(override):
-    """train.json's augmentation chain holds the transform, with `opacity_prob` (0 by default) as its probability."""
+    """train.json's augmentation chain holds the transform, with `train#opacity_prob` (0 by default) as its
+    probability."""
     from conftest import BUNDLE
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     if override is not None:
-        parser["opacity_prob"] = override
+        parser["train#opacity_prob"] = override
     chain = parser.get_parsed_content("train#random_transforms", instantiate=True)
     opacities = [t for t in chain if isinstance(t, RandLungOpacityd)]
     assert len(opacities) == 1

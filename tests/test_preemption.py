@@ -31,7 +31,7 @@ def start_training(workdir: Path, data: str, log_file: Path, *extra: str) -> sub
         "--batch_size", "2",
         "--max_epochs", str(EPOCHS),
         "--num_workers", "0",
-        "--log_every", "1",  # a log line per iteration, to know when to kill the run
+        "--train#log_every", "1",  # a log line per iteration, to know when to kill the run
         *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

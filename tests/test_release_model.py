@@ -34,7 +34,7 @@ def test_the_shipped_weights_are_the_ones_metadata_and_model_json_name():
     weights = BUNDLE / RELEASE["path"]
     settings = json.loads(weights.with_suffix(".json").read_text())
     assert sha256(weights) == RELEASE["sha256"] == settings["sha256"]
-    assert settings["release"] == METADATA["version"]
+    assert settings["release"] == RELEASE["release"] and RELEASE["release"] in METADATA["changelog"]
     state = torch.load(weights, map_location="cpu", weights_only=True)
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {getattr(torch, RELEASE["dtype"])}
     assert weights.stat().st_size < 50e6  # half precision: about 37 MB, not 75

@@ -71,8 +71,8 @@ def strings(value):
 
 @pytest.mark.parametrize("name", sorted(CONFIG_SETS))
 def test_every_switch_of_every_config_goes_through_the_one_reader(name):
-    """A switch reaches Python whole (``"write_seg": "@write_seg"``, where the component reads it with ``is_on``: the
-    effect tests below check each) or through ``scripts.settings.is_on(...)`` in an expression; never raw."""
+    """A switch reaches Python whole (``"write_seg": "@write_seg"``), where the component reads it with ``is_on``
+    (the effect tests below check each); never in an expression, where Python would take the word "false" as true."""
     parser = merged(CONFIG_SETS[name])
     found = switches(parser)
     assert "amp" in found and "channels_last" in found  # the check below is not vacuous
@@ -80,17 +80,14 @@ def test_every_switch_of_every_config_goes_through_the_one_reader(name):
         uses = [s for s in strings(parser.get()) if re.search(rf"@{key}(?![\w#])", s)]
         assert uses or (name, key) in UNUSED, f"{name}: switch {key} is never used"
         for text in uses:
-            if text == f"@{key}":
-                continue
-            for match in re.finditer(rf"@{key}(?![\w#])", text):
-                assert text[: match.start()].endswith("scripts.settings.is_on("), f"{name}: {key} read raw in {text!r}"
+            assert text == f"@{key}", f"{name}: {key} read in an expression: {text!r}"
 
 
-def test_the_batch_configs_read_no_switch_in_an_expression():
-    """Batch inference reads its switches in Python (:class:`scripts.batch.batch_run.BatchRun` and the components
-    that take one), not in config expressions."""
-    for name in ("inference.json", "inference_exported.json", "multi_gpu_inference.json"):
-        assert "is_on(" not in (BUNDLE / "configs" / name).read_text(), name
+def test_no_config_reads_a_switch_in_an_expression():
+    """Every on/off switch is read in Python (:class:`scripts.batch.batch_run.BatchRun` and the components that take
+    one), none in a config expression."""
+    for path in (BUNDLE / "configs").glob("*.json"):
+        assert "is_on(" not in path.read_text(), path.name
 
 
 def test_is_on_reads_every_word_in_any_case_and_refuses_the_rest():
@@ -193,15 +190,21 @@ def training_data(tmp_path_factory) -> str:
 TRAINING_EFFECTS = [
     ("train", "amp", "train#trainer#amp", None),
     ("train", "amp", "validate#evaluator#amp", None),
-    ("train", "channels_last", "fast_network", lambda network: network.channels_last),
-    ("train", "compile", "fast_network", lambda network: network._train_network is not network.network),
+    ("train", "channels_last", "train#trainer#network", lambda network: network.channels_last),
+    ("train", "channels_last", "validate#evaluator#network", lambda network: network.channels_last),
+    (
+        "train",
+        "train#trainer#network#compile",
+        "train#trainer#network",
+        lambda network: network._train_network is not network.network,
+    ),
     (
         "train",
         "crop_padding",
         "train#deterministic_transforms#<CropForegroundd>#select_fn",
         lambda select: select is above_minimum,
     ),
-    ("train", "resume", "resume_training", lambda resume: resume.checkpoint is not None),
+    ("train", "resume", "train#resume_training", lambda resume: resume.checkpoint is not None),
     ("evaluate", "amp", "evaluator#amp", None),
     ("evaluate", "channels_last", "evaluator#network", lambda network: network.channels_last),
     (
@@ -214,7 +217,7 @@ TRAINING_EFFECTS = [
 
 
 @pytest.mark.parametrize(
-    "config,option,target,effect", TRAINING_EFFECTS, ids=[f"{c}-{t}" for c, _, t, _ in TRAINING_EFFECTS]
+    "config,option,target,effect", TRAINING_EFFECTS, ids=[f"{c}-{o}-{t}" for c, o, t, _ in TRAINING_EFFECTS]
 )
 def test_training_and_evaluation_switches_follow_the_lowercase_word(
     config, option, target, effect, training_data, tmp_path
@@ -226,7 +229,7 @@ def test_training_and_evaluation_switches_follow_the_lowercase_word(
         "output_dir": str(tmp_path / "eval"),
         "ckpt_dir": str(tmp_path / "models"),
         "num_workers": 0,
-        "dataset_type": "plain",
+        **({"cache#dataset_type": "plain"} if config == "train" else {}),
     }
     read = effect or bool
     for on, off in (("true", "false"), ("Yes", "NO"), ("on", "off"), ("1", "0")):
@@ -242,7 +245,7 @@ def test_cudnn_benchmark_follows_the_lowercase_word(training_data, tmp_path):
             parser["cudnn_benchmark"] = word
             parser["dataset_dir"] = training_data
             parser["output_dir"] = str(tmp_path / "eval")
-            index = next(i for i, x in enumerate(parser["initialize"]) if "cudnn" in x)
+            index = next(i for i, x in enumerate(parser["initialize"]) if "cudnn_benchmark" in str(x))
             parser.get_parsed_content(f"initialize#{index}")
             assert torch.backends.cudnn.benchmark is expected, word
     finally:

@@ -57,7 +57,7 @@ def test_resume_continues_at_the_next_epoch(tmp_path):
     assert {"model", "optimizer", "trainer"} <= set(saved) and saved["trainer"]["iteration"] > 0
 
     second = train_tiny_model(
-        tmp_path, num_cases=8, image_size=64, epochs=2, extra=("--resume", "on", "--log_every", "1")
+        tmp_path, num_cases=8, image_size=64, epochs=2, extra=("--resume", "on", "--train#log_every", "1")
     )
     log = second["log"]
     assert "Epoch: 2/2" in log and "Epoch: 1/2" not in log, log[-3000:]

@@ -5,8 +5,8 @@
         --eval_dir /tmp/release_eval
 
 ``--eval_dir`` is an evaluation of the packaged weights on the split's validation cases (``configs/evaluate.json``
-with ``--dataset_dir <kaggle-lungs-512> --split_file configs/datalist_kaggle_lungs_512.json --split validation``): its
-per-case Dice becomes ``eval_metrics`` in ``metadata.json``.
+with ``--dataset_dir <kaggle-lungs-512> --split#file configs/datalist_kaggle_lungs_512.json --split#part
+validation``): its per-case Dice becomes ``eval_metrics`` in ``metadata.json``.
 
 The weights come from ``configs/train.json`` trained on ``kaggle-lungs-512`` with the bundle's split file (the card's
 "Reproducing the release weights"). Floating-point tensors are stored as float16: it halves the file (75 -> 37 MB)
@@ -81,6 +81,7 @@ def main() -> None:
     released.with_suffix(".json").write_text(json.dumps(settings, indent=4) + "\n")
     metadata["release_weights"] = {
         "path": "models/model.pt",
+        "release": metadata["version"],
         "sha256": digest,
         "dtype": "float16",
         "data": "kaggle-lungs-512: 602 training cases of configs/datalist_kaggle_lungs_512.json (Shenzhen 483, "

@@ -43,6 +43,7 @@ __all__ = [
     "default_loader_workers",
     "default_write_processes",
     "freeze_startup_objects",
+    "prepare_device",
     "prepare_process",
     "resolve_precision",
     "return_large_buffers_to_os",
@@ -231,6 +232,14 @@ def prepare_process(num_workers: int = 0, write_processes: int = 0) -> int:
     torch.backends.cudnn.benchmark = True
     return_large_buffers_to_os()
     return use_cpu_threads(cpu_share() - int(num_workers) - int(write_processes))
+
+
+def prepare_device(device: torch.device | str, cudnn_benchmark: bool | str = True) -> torch.device:
+    """The first step of a training run: resolve its ``device`` (the multi-GPU configs' device joins the process
+    group, which everything after it needs) and switch cuDNN's autotuner (a config's switch: it times the convolution
+    algorithms for each new input shape and keeps the fastest; the inputs of a run have one or two fixed sizes)."""
+    torch.backends.cudnn.benchmark = is_on(cudnn_benchmark)
+    return torch.device(device)
 
 
 def use_cpu_threads(threads: int) -> int:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 __all__ = [
     "default_backend",
     "destroy_distributed",
+    "distributed_device",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -70,6 +71,14 @@ def init_distributed(backend: str | None = None) -> bool:
         device,
     )
     return True
+
+
+def distributed_device(backend: str | None = None) -> torch.device:
+    """Join torchrun's process group (:func:`init_distributed`) and return this process's device
+    (:func:`local_device`): the ``device`` of the ``multi_gpu_*.json`` configs, which the ``initialize`` steps resolve
+    before anything that needs the group (the samplers, the rank-0-first datalist)."""
+    init_distributed(backend)
+    return local_device()
 
 
 def destroy_distributed() -> None:

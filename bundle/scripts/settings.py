@@ -21,7 +21,15 @@ from pathlib import Path
 from .io.files import atomic_write
 from .io.weights import file_sha256, settings_file
 
-__all__ = ["is_on", "ON_WORDS", "OFF_WORDS", "MODEL_SETTINGS", "trained_settings", "write_model_settings"]
+__all__ = [
+    "is_on",
+    "amp_enabled",
+    "ON_WORDS",
+    "OFF_WORDS",
+    "MODEL_SETTINGS",
+    "trained_settings",
+    "write_model_settings",
+]
 
 ON_WORDS = ("true", "yes", "on", "1")
 OFF_WORDS = ("false", "no", "off", "0")
@@ -49,6 +57,16 @@ def is_on(value: bool | int | str | None) -> bool:
         f"{value!r} is not an on/off value: use one of {', '.join(ON_WORDS)} (on) or {', '.join(OFF_WORDS)} (off), "
         "in any case"
     )
+
+
+def amp_enabled(amp: bool | int | str | None) -> bool:
+    """The engines' ``amp`` switch: ``"auto"`` (the configs' default) is on where CUDA is, anything else is read with
+    :func:`is_on`. MONAI's engines take a bool: the word ``"false"`` would be true to them."""
+    if str(amp).strip().lower() == "auto":
+        import torch  # only here: reading a model's settings needs no torch
+
+        return torch.cuda.is_available()
+    return is_on(amp)
 
 
 def write_model_settings(weights: str, settings: dict) -> str:

@@ -19,7 +19,7 @@ from ignite.engine import Engine
 
 from ..acceleration import resolve_precision
 from ..io.dicom import RADIOGRAPH_MODALITIES
-from ..settings import is_on
+from ..settings import amp_enabled, is_on
 from .case_outputs import CaseOutputs
 from .case_writer import CaseWriter
 from .dicomweb import DicomwebSource
@@ -62,7 +62,7 @@ class BatchRun:
             ``dataset_dir``, the studies and QIDO query that select them, and whether SEGs are stored back there.
         modalities: the DICOM modalities segmented (others are ``skipped``).
         precision: the network's precision (``auto`` resolved for ``device``).
-        amp: CUDA autocast of the MONAI engine.
+        amp: CUDA autocast of the MONAI engine (``"auto"``: where CUDA is; see :func:`scripts.settings.amp_enabled`).
         threshold: lung probability threshold.
         keep_components: largest lung components kept.
         min_component_fraction: smallest component kept, as a share of the largest.
@@ -98,7 +98,7 @@ class BatchRun:
         dicomweb: dict | None = None,
         modalities: Sequence[str] = RADIOGRAPH_MODALITIES,
         precision: str = "auto",
-        amp: bool | str = False,
+        amp: bool | str = "auto",
         threshold: float = 0.5,
         keep_components: int = 2,
         min_component_fraction: float = 0.0,
@@ -127,7 +127,7 @@ class BatchRun:
             **{key: model_settings[key] for key in sorted(model_settings)},
             "crop_padding": is_on(model_settings.get("crop_padding", True) if crop_padding is None else crop_padding),
             "precision": resolve_precision(precision, device),
-            "amp": is_on(amp) and device.type == "cuda",
+            "amp": amp_enabled(amp) and device.type == "cuda",
             "threshold": float(threshold),
             "keep_components": int(keep_components),
             "min_component_fraction": float(min_component_fraction),

@@ -33,7 +33,7 @@ from monai.engines.utils import IterationEvents, engine_apply_transform
 from monai.utils import CommonKeys
 
 from ..io.errors import InputError, NotARadiograph, RunFault, describe_error, is_input_failure
-from ..settings import is_on
+from ..settings import amp_enabled
 
 __all__ = [
     "GuardedDataset",
@@ -168,8 +168,8 @@ class FaultTolerantEvaluator(SupervisedEvaluator):
     def __init__(self, *args, **kwargs) -> None:
         if not kwargs.get("decollate", True):
             raise ValueError("FaultTolerantEvaluator needs decollate=True: failures are reported per item.")
-        if "amp" in kwargs:  # a config's switch: "--amp false" is a word
-            kwargs["amp"] = is_on(kwargs["amp"])
+        if "amp" in kwargs:  # a config's switch: "auto", or a word ("--amp false")
+            kwargs["amp"] = amp_enabled(kwargs["amp"])
         super().__init__(*args, **kwargs)
 
     def _register_postprocessing(self, posttrans: Callable) -> None:

@@ -24,11 +24,8 @@ OUTPUT_NEUTRAL = {
     "channels_last": "memory layout: the same arithmetic",
     "batch_size": "how many inputs the network sees at once: each is segmented alone",
     "num_workers": "parallelism",
-    "synthetic_dir": "which inputs (evaluation without data)",
-    "split": "which inputs (evaluation)",
-    "split_file": "which inputs (evaluation)",
-    "metric_output": "evaluation's own files, written anew by every evaluation",
-    "datalist": "which inputs (evaluation)",
+    "split#part": "which inputs (evaluation)",
+    "split#file": "which inputs (evaluation)",
     "displayable_configs#result_extension": "MONAI Label's result file type; batch runs do not read it",
 }
 

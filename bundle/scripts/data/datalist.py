@@ -26,9 +26,10 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from ..io.files import IMAGE_EXTENSIONS, image_stem
+from ..process_group import on_rank_zero_first
 from .synthetic import generate_synthetic_dataset
 
-__all__ = ["find_pairs", "split_cases", "prepare_datalist", "evaluation_cases"]
+__all__ = ["find_pairs", "split_cases", "prepare_datalist", "training_datalist", "evaluation_cases"]
 
 logger = logging.getLogger(__name__)
 _IMAGE_DIRS = ("CXR_png", "images", "image", "imgs")
@@ -205,29 +206,66 @@ def prepare_datalist(
     return datalist
 
 
-def evaluation_cases(
-    dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split: str = "all", split_file: str | None = None
-) -> list:
-    """The ``{"image", "label"}`` cases to evaluate.
+_SPLIT_OPTIONS = ("file", "val_fraction", "test_fraction", "seed")
+
+
+def _split_arguments(split: dict | None, also: tuple[str, ...] = ()) -> dict:
+    """:func:`prepare_datalist`'s split arguments from a config's ``split`` group (the options it leaves out keep
+    their defaults)."""
+    if split is not None and not isinstance(split, dict):
+        raise ValueError(
+            f"split is a group of options, not {split!r}: set one of them, e.g. --split#file <split.json> or "
+            "--split#val_fraction 0.1"
+        )
+    split = dict(split or {})
+    unknown = sorted(set(split) - {*_SPLIT_OPTIONS, *also})
+    if unknown:
+        raise ValueError(f"split has no option {', '.join(unknown)}; its options: {', '.join(_SPLIT_OPTIONS + also)}")
+    arguments = {"split_file": split.get("file") or None}
+    for option, kind in (("val_fraction", float), ("test_fraction", float), ("seed", int)):
+        if option in split:
+            arguments[option] = kind(split[option])
+    return arguments
+
+
+def training_datalist(
+    dataset_dir: str | None, output_file: str | None = None, synthetic_dir: str = "./data/synthetic", split=None
+) -> dict[str, list]:
+    """:func:`prepare_datalist` with ``train.json``'s ``split`` group (``file``, ``val_fraction``, ``test_fraction``,
+    ``seed``), on rank 0 first: it may generate the synthetic set and writes the datalist file, which the other ranks
+    then read finished."""
+    return on_rank_zero_first(prepare_datalist, dataset_dir, output_file, synthetic_dir, **_split_arguments(split))
+
+
+def evaluation_cases(dataset_dir: str | None, synthetic_dir: str = "./data/synthetic", split=None) -> list:
+    """The ``{"image", "label"}`` cases to evaluate, on rank 0 first (as :func:`training_datalist`).
 
     Args:
         dataset_dir: a folder with images and masks (``images/`` + ``masks/``, or the Kaggle layout), a datalist JSON
             file, or empty for the held-out test split of the synthetic default set.
         synthetic_dir: where the synthetic default set is (generated when missing).
-        split: ``"all"`` for every labelled case of a folder (every list of a datalist file), or one of
-            ``"training"``, ``"validation"``, ``"test"`` (the same split as training).
-        split_file: the split file training used (see :func:`prepare_datalist`), if any.
+        split: ``evaluate.json``'s ``split`` group: ``part``, ``"all"`` (the default) for every labelled case of a
+            folder (every list of a datalist file), or one of ``"training"``, ``"validation"``, ``"test"``: the same
+            split as training, given the same ``file`` or ``val_fraction``, ``test_fraction`` and ``seed``.
     """
+    # ``--split validation`` on the command line replaces the group with its part: take it as that
+    split = {"part": split} if isinstance(split, str) else dict(split or {})
+    part = split.pop("part", "all")
+    arguments = _split_arguments(split)
+    return on_rank_zero_first(_evaluation_cases, dataset_dir, synthetic_dir, part, arguments)
+
+
+def _evaluation_cases(dataset_dir: str | None, synthetic_dir: str, part: str, arguments: dict) -> list:
     if not dataset_dir:
         cases = prepare_datalist(None, synthetic_dir=synthetic_dir)["test"]
-    elif split == "all" and os.path.isdir(str(dataset_dir)) and not split_file:
+    elif part == "all" and os.path.isdir(str(dataset_dir)) and not arguments["split_file"]:
         cases = find_pairs(str(dataset_dir))["pairs"]
-    elif split == "all":
-        lists = prepare_datalist(dataset_dir, split_file=split_file)
+    elif part == "all":
+        lists = prepare_datalist(dataset_dir, **arguments)
         cases = lists["training"] + lists["validation"] + lists["test"]
     else:
-        cases = prepare_datalist(dataset_dir, split_file=split_file)[split]
+        cases = prepare_datalist(dataset_dir, **arguments)[part]
     if not cases:
-        raise ValueError(f"no labelled cases to evaluate in {dataset_dir or synthetic_dir} (split {split!r})")
+        raise ValueError(f"no labelled cases to evaluate in {dataset_dir or synthetic_dir} (split part {part!r})")
     logger.info("evaluating %d cases", len(cases))
     return cases

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
 __all__ = ["image_source", "source_balanced_sampler"]
 
@@ -30,21 +30,24 @@ def image_source(item: dict | str) -> str:
     return match.group(0).upper() if match else ""
 
 
-def source_balanced_sampler(items: Sequence, balance: float = 0.0) -> WeightedRandomSampler | None:
+def source_balanced_sampler(items: Sequence, balance: float = 0.0) -> Sampler:
     """A sampler that draws ``len(items)`` cases per epoch, with replacement, each with weight
-    ``1 / n_source ** balance``; ``None`` (shuffle as usual) when ``balance`` is 0 or there is only one source.
+    ``1 / n_source ** balance``; a plain shuffle (``RandomSampler``, what ``DataLoader(shuffle=True)`` makes) when
+    ``balance`` is 0 or there is only one source.
 
     Args:
-        items: the training datalist (``{"image", ...}`` items, or image paths).
+        items: the training data set (its ``data``, the datalist, is read: no case is loaded), or its datalist
+            (``{"image", ...}`` items, or image paths).
         balance: 0 (uniform) to 1 (each source drawn equally often); 0.5 gives a source of ``n`` cases a share
             proportional to ``sqrt(n)``.
     """
     balance = float(balance)
     if not 0.0 <= balance <= 1.0:
-        raise ValueError(f"source_balance must be between 0 and 1; got {balance!r}.")
+        raise ValueError(f"the source balance must be between 0 and 1; got {balance!r}.")
+    items = getattr(items, "data", items)
     sources = [image_source(item) for item in items]
     counts = Counter(sources)
     if balance == 0.0 or len(counts) < 2:
-        return None
+        return RandomSampler(items)
     weights = torch.tensor([counts[s] ** -balance for s in sources], dtype=torch.double)
     return WeightedRandomSampler(weights, num_samples=len(sources), replacement=True)

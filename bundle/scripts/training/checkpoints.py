@@ -147,6 +147,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=filename, model_settings=settings)
 
     def attach(self, engine: Engine) -> None:
+        if get_rank() != 0:  # under DDP every rank holds the same model: rank 0 alone writes it
+            return
         super().attach(engine)
         if self._interval_checkpoint is not None:
             engine.add_event_handler(Events.STARTED, self._adopt_resumed_interval_checkpoints)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import monai.data
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -30,16 +31,18 @@ from monai.handlers import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from ..process_group import get_rank
+from ..process_group import get_rank, get_world_size
+from ..settings import is_on
 from .curves import TrainingCurves
 
 __all__ = [
     "RANK_ZERO_ONLY_HANDLERS",
     "BroadcastBuffers",
     "RankSampleRecorder",
-    "attach_on_rank_zero",
+    "distributed_network",
     "handlers_for_rank",
     "log_on_rank_zero",
+    "validation_sampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,13 +63,22 @@ RANK_ZERO_ONLY_HANDLERS: tuple[type, ...] = (
 )
 
 
-def attach_on_rank_zero(handler, engine: Engine) -> None:
-    """Attach ``handler`` to ``engine`` on rank 0 only (a saver that the other ranks must not run)."""
-    if get_rank() == 0:
-        handler.attach(engine)
+def distributed_network(network: torch.nn.Module, device: torch.device, channels_last: bool | str = True):
+    """``network`` on ``device`` in DDP. Its memory format is set first (a config's switch, read with
+    :func:`scripts.settings.is_on`): DDP lays out its gradient buckets by the parameters' strides when it wraps them,
+    and a format changed afterwards would make every step copy the gradients."""
+    memory_format = torch.channels_last if is_on(channels_last) else torch.contiguous_format
+    module = network.to(device, memory_format=memory_format)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
-def log_on_rank_zero(*engines: Engine) -> None:
+def validation_sampler(dataset) -> monai.data.DistributedSampler:
+    """Each rank validates its own share of ``dataset`` in order; the shares are padded to equal length only when
+    there are fewer cases than ranks (a rank with nothing to validate would wait forever for the others' metric)."""
+    return monai.data.DistributedSampler(dataset, even_divisible=len(dataset) < get_world_size(), shuffle=False)
+
+
+def log_on_rank_zero(engines: Sequence[Engine]) -> None:
     """Let only rank 0's engines log at INFO: the other ranks report warnings and errors only."""
     for engine in engines:
         engine.logger.setLevel(logging.WARNING if get_rank() > 0 else logging.INFO)
@@ -144,15 +156,18 @@ class RankSampleRecorder:
         item_key: key of the data items named in the record (the datalist's ``"image"`` path).
         batch_key: key of the batch tensor whose first dimension is the batch size (when the engine does not
             decollate the batch).
-        enabled: record (``--record_rank_samples true``) or attach nothing.
+        enabled: record (``--record_rank_samples true``, read with :func:`scripts.settings.is_on`) or attach
+            nothing.
     """
 
-    def __init__(self, output_dir: str, item_key: str = "image", batch_key: str = "image", enabled: bool = True):
+    def __init__(
+        self, output_dir: str, item_key: str = "image", batch_key: str = "image", enabled: bool | str = True
+    ) -> None:
         self.output_dir = output_dir
         self.item_key = item_key
         self.batch_key = batch_key
         self._batches = None
-        self._enabled = bool(enabled)
+        self._enabled = is_on(enabled)
 
     @property
     def filename(self) -> str:

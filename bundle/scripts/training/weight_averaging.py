@@ -5,7 +5,7 @@ last few hundred steps sits nearer the middle of the minimum the optimiser circl
 one extra copy of the weights and a multiply-add per parameter per step. PyTorch's ``AveragedModel`` keeps the copy
 and does the update (with ``use_buffers=True`` BatchNorm's running statistics are averaged too, so the averaged model
 needs no extra pass over the data); :class:`WeightAveraging` updates it after every training iteration, and the
-configs validate and save ``@saved_network`` (``train.json``).
+configs validate and save ``@train#saved_network`` (``train.json``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class WeightAveraging:
 
     def __init__(self, network: torch.nn.Module, decay: float = 0.0) -> None:
         if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 = off); got {decay!r}.")
+            raise ValueError(f"the weight average's decay must be in [0, 1) (0 = off); got {decay!r}.")
         self.decay = float(decay)
         plain = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
         self.network = plain
