@@ -10,11 +10,16 @@ inputs go through identical transforms afterwards:
    compressed pixel data the codestream's own size equal to Rows x Columns, so a header or a JPEG 2000 codestream
    that claims a huge canvas fails at once instead of allocating it;
 2. decode (pydicom with its pylibjpeg/pyjpegls plugins: native, RLE Lossless, JPEG Baseline/Extended/Lossless,
-   JPEG-LS, JPEG 2000, ...); YBR colour is converted to RGB by pydicom, PALETTE COLOR through its palette;
-3. Modality LUT (Modality LUT Sequence, or Rescale Slope/Intercept);
-4. VOI LUT Sequence or the first Window Center/Width (with its VOI LUT Function) when present;
-5. MONOCHROME1 inverted so that bone is bright, like MONOCHROME2;
-6. RGB (secondary captures) to grey with ITU-R 601 luma, as PIL's ``convert("L")`` does for RGB PNGs.
+   JPEG-LS, JPEG 2000, ...; GDCM for what they refuse, such as 12-bit JPEG Extended from some modalities, see
+   :func:`decode_with_gdcm`); YBR colour is converted to RGB by pydicom, PALETTE COLOR through its palette;
+3. Pixel Padding Value / Range Limit: the padding pixels are set aside (:func:`_padding_pixels`) and shown at the
+   image's darkest value at the end, so they do not stretch the intensity range;
+4. Modality LUT (Modality LUT Sequence, or Rescale Slope/Intercept);
+5. VOI LUT Sequence or the first Window Center/Width (with its VOI LUT Function) when present, unless it maps every
+   pixel to one value (a window that misses every stored value is ignored, not shown as a blank image);
+6. MONOCHROME1 inverted once so that bone is bright, like MONOCHROME2 (Presentation LUT Shape INVERSE is the
+   standard's pairing for MONOCHROME1, not a second inversion; on MONOCHROME2 it inverts);
+7. RGB (secondary captures) to grey with ITU-R 601 luma, as PIL's ``convert("L")`` does for RGB PNGs.
 
 Degrade rather than fail: a rescale, window or VOI LUT that is not valid (NaN, infinite, zero slope, zero width, text
 where numbers belong, an unknown VOI LUT Function) is ignored and named in ``pixel_processing``; the image is still
@@ -44,7 +49,7 @@ from monai.utils import MetaKeys, ensure_tuple
 from pydicom.dataset import Dataset
 
 from .errors import ImageTooLarge, InputError, NotARadiograph, first_line, is_input_failure
-from .files import is_dicom_file
+from .files import is_dicom_file, is_part10_file
 
 try:  # pydicom 3
     from pydicom.encaps import generate_frames
@@ -256,14 +261,15 @@ def _check_deflated_size(path: str, max_bytes: int) -> None:
 
 
 def read_dicom(path: str, max_pixels: int = MAX_IMAGE_PIXELS, stop_before_pixels: bool = False, **kwargs) -> Dataset:
-    """Read a DICOM file with pydicom: by content (``DICM`` marker) or forced for a ``.dcm`` file without preamble.
+    """Read a DICOM file with pydicom: a Part 10 file (``DICM`` marker), or a dataset without preamble and file meta
+    information read with ``force=True`` (its encoding is then written into a file meta header).
 
     A Deflated Explicit VR Little Endian file is checked for a deflate bomb first (:func:`_check_deflated_size`).
 
     Raises:
         InputError: the file is not a readable DICOM file (the message says why).
     """
-    forced = not is_dicom_file(path)
+    forced = not is_part10_file(path)
     try:
         meta = pydicom.filereader.read_file_meta_info(path) if not forced else None
         if meta is not None and str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
@@ -275,7 +281,27 @@ def read_dicom(path: str, max_pixels: int = MAX_IMAGE_PIXELS, stop_before_pixels
         raise InputError(f"unreadable DICOM header ({type(exc).__name__}: {first_line(exc)})") from exc
     if forced and "SOPClassUID" not in ds and "PixelData" not in ds and "Rows" not in ds:  # force=True reads anything
         raise InputError("not a DICOM file: no 'DICM' marker and no DICOM data elements")
+    if forced:
+        _name_the_encoding(ds)
     return ds
+
+
+def _name_the_encoding(ds: Dataset) -> None:
+    """A dataset read without file meta information has no Transfer Syntax UID, which pydicom needs to decode its
+    pixels: write down the encoding pydicom found it in (a raw dataset is uncompressed by definition)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    if "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:  # pydicom 2.4
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+    )
 
 
 def safe_get(ds: Dataset, keyword: str, default=None):
@@ -456,7 +482,10 @@ def _codestream_size(frame: bytes, syntax: pydicom.uid.UID) -> tuple[int, int] |
         if syntax.name.startswith("JPEG"):
             import libjpeg
 
-            params = libjpeg.get_parameters(frame)
+            try:
+                params = libjpeg.get_parameters(frame)
+            except Exception:  # a scan header libjpeg refuses, which GDCM may decode: into Rows x Columns, checked
+                return None
             return int(params["rows"]), int(params["columns"])
     except ImportError:
         return None
@@ -525,8 +554,28 @@ def _window(ds: Dataset, notes: list[str]) -> tuple[float, float, str] | None:
     return center, width, function
 
 
-def _apply_voi(arr: np.ndarray, ds: Dataset, used: Dataset, photometric: str, notes: list[str]) -> np.ndarray:
-    """The VOI stage: the VOI LUT Sequence, else the first valid window, else the values unchanged."""
+def _apply_voi(
+    arr: np.ndarray, ds: Dataset, used: Dataset, photometric: str, notes: list[str], image: np.ndarray | None = None
+) -> np.ndarray:
+    """The VOI stage: the VOI LUT Sequence, else the first valid window, else the values unchanged.
+
+    A LUT or window that maps every pixel of the image (``image``: the pixels that are not padding) to one value
+    misses all of them (a window of another acquisition, or of the wrong rescale): it is ignored, as a viewer's user
+    would reset it, instead of returning a blank image."""
+    out = _voi_values(arr, ds, used, photometric, notes)
+    if out is arr:
+        return arr
+    shown, values = (out, arr) if image is None else (out[image], arr[image])
+    if values.size and np.nanmax(values) > np.nanmin(values) and not np.nanmax(shown) > np.nanmin(shown):
+        applied = notes.pop()
+        notes.append(
+            f"{applied} ignored (it maps every pixel, {np.nanmin(values):g} to {np.nanmax(values):g}, to one value)"
+        )
+        return arr
+    return out
+
+
+def _voi_values(arr: np.ndarray, ds: Dataset, used: Dataset, photometric: str, notes: list[str]) -> np.ndarray:
     sequence = safe_get(ds, "VOILUTSequence")
     if sequence:
         try:
@@ -583,7 +632,8 @@ def to_display_grey(ds: Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np
     except BaseException as exc:  # pydicom raises many types; the message with the syntax is what a user needs
         if not is_input_failure(exc):
             raise
-        raise InputError(f"cannot decode pixel data ({describe_dicom(ds)}): {first_line(exc)}") from exc
+        arr = decode_with_gdcm(ds, exc)
+        notes.append("decoded with GDCM")
 
     photometric = str(safe_get(ds, "PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
     if photometric == "PALETTE COLOR":
@@ -606,24 +656,103 @@ def to_display_grey(ds: Dataset, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np
             f"Pixel or Number of Frames do not match the pixel data ({describe_dicom(ds)})"
         )
 
+    padding = _padding_pixels(arr, ds, notes)
+    image = None if padding is None else ~padding
     arr, used = _apply_modality(arr, ds, notes)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        arr = _apply_voi(arr, ds, used, photometric, notes)
+        arr = _apply_voi(arr, ds, used, photometric, notes, image)
     arr = arr.astype(np.float32, copy=False)
-    if photometric == "MONOCHROME1":
-        # min + max - x maps the darkest value to the brightest and back; ScaleIntensity to [0, 1] afterwards makes
-        # this exactly 1 - x of the MONOCHROME2 rendering
-        arr = np.float32(np.nanmin(arr)) + np.float32(np.nanmax(arr)) - arr if np.isfinite(arr).any() else arr
-        notes.append("MONOCHROME1 inverted")
+    shape = str(safe_get(ds, "PresentationLUTShape", "") or "").strip().upper()
+    # MONOCHROME1 is shown inverted, once: Presentation LUT Shape INVERSE is its standard pairing (PS3.3 C.8.11.6:
+    # "output after inversion"), not a second inversion. On MONOCHROME2 an INVERSE shape inverts what is shown.
+    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+        values = arr if image is None else arr[image]
+        if values.size and np.isfinite(values).any():
+            # min + max - x maps the darkest value to the brightest and back; ScaleIntensity to [0, 1] afterwards
+            # makes this exactly 1 - x of the MONOCHROME2 rendering
+            arr = np.float32(np.nanmin(values)) + np.float32(np.nanmax(values)) - arr
+        notes.append(f"{photometric} inverted" + (" (Presentation LUT Shape INVERSE)" if shape == "INVERSE" else ""))
+    if padding is not None:
+        # padding shows black, at the image's darkest value: out of the intensity range the bundle scales to [0, 1]
+        arr[padding] = np.nanmin(arr[image])
     return arr, notes
+
+
+def _padding_pixels(stored: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray | None:
+    """The pixels Pixel Padding Value (0028,0120), with Pixel Padding Range Limit (0028,0121) when present, marks
+    as padding (stored values, before any LUT: PS3.3 C.7.5.1.1.2), or ``None`` when there are none (or every pixel
+    would be one: a value that names no padding)."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    try:
+        value, limit = numbers(ds, "PixelPaddingValue"), numbers(ds, "PixelPaddingRangeLimit")
+    except InputError as exc:
+        notes.append(f"pixel padding ignored ({exc})")
+        return None
+    if not value or len(value) != 1 or (limit is not None and len(limit) != 1):
+        notes.append("pixel padding ignored (Pixel Padding Value or Range Limit is not one number)")
+        return None
+    low, high = sorted((value[0], limit[0])) if limit else (value[0], value[0])
+    padding = (stored >= low) & (stored <= high)
+    count = int(padding.sum())
+    if count == 0:
+        return None
+    if count == padding.size:
+        notes.append(f"pixel padding {low:g} to {high:g} ignored (it covers every pixel)")
+        return None
+    where = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    notes.append(f"pixel padding {where} ({count / padding.size:.0%} of the pixels) kept out of the intensity range")
+    return padding
+
+
+def decode_with_gdcm(ds: Dataset, failure: BaseException) -> np.ndarray:
+    """The stored values of a file that pydicom's decoders refused, decoded by GDCM (``python-gdcm``) when it is
+    installed: 12-bit JPEG Extended (process 4), which pylibjpeg's libjpeg rejects in files whose scan header other
+    decoders accept, and which pydicom does not hand to GDCM.
+
+    Raises:
+        InputError: GDCM is not installed or cannot decode it either; the message says what pydicom's decoders said
+            and what to install.
+    """
+    reason = f"cannot decode pixel data ({describe_dicom(ds)}): {first_line(failure)}"
+    path = getattr(ds, "filename", None)
+    samples = _whole_number(ds, "SamplesPerPixel") or 1
+    try:
+        import gdcm
+    except ImportError:
+        raise InputError(f"{reason}; GDCM may decode it: pip install python-gdcm") from failure
+    if not isinstance(path, str) or not os.path.isfile(path) or samples != 1:
+        raise InputError(reason) from failure
+    for switch_off in (gdcm.Trace.WarningOff, gdcm.Trace.ErrorOff, gdcm.Trace.DebugOff):
+        switch_off()  # GDCM prints to the console; the report says what happened
+    reader = gdcm.ImageReader()
+    reader.SetFileName(path)
+    if not reader.Read():
+        raise InputError(f"{reason}; GDCM cannot read it either") from failure
+    image = reader.GetImage()
+    dtypes = {
+        gdcm.PixelFormat.UINT8: np.uint8,
+        gdcm.PixelFormat.INT8: np.int8,
+        gdcm.PixelFormat.UINT16: np.uint16,
+        gdcm.PixelFormat.INT16: np.int16,
+        gdcm.PixelFormat.UINT32: np.uint32,
+        gdcm.PixelFormat.INT32: np.int32,
+    }
+    dtype = dtypes.get(image.GetPixelFormat().GetScalarType())
+    columns, rows = image.GetDimension(0), image.GetDimension(1)
+    buffer = image.GetBuffer()
+    data = buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else bytes(buffer or b"")
+    if dtype is None or len(data) != rows * columns * np.dtype(dtype).itemsize:
+        raise InputError(f"{reason}; GDCM decodes it to {len(data)} bytes, not {rows} x {columns} pixels") from failure
+    return np.frombuffer(data, dtype).reshape(rows, columns).copy()
 
 
 class RadiographDicomReader(ImageReader):
     """Load single-frame radiograph DICOM files as grey images in MONAI's ``(x, y)`` layout, like ``PILReader``.
 
-    See the module docstring for the pixel pipeline. Files are recognised by content (``DICM`` marker), whatever
-    their name; a file without the marker is accepted only when it ends in ``.dcm``/``.dicom`` and then read with
-    ``force=True``.
+    See the module docstring for the pixel pipeline. Files are recognised by content (the ``DICM`` marker, or a
+    dataset written without preamble and file meta information), whatever their name; any other file ending in
+    ``.dcm``/``.dicom`` is tried with ``force=True``, so that its error says what is wrong with it.
 
     Meta data (besides MONAI's ``spatial_shape``, ``original_channel_dim`` and ``affine``): ``format`` ("DICOM"),
     ``pixel_spacing`` (``[row, column]`` mm, or NaN when unknown), ``spacing_source``, ``pixel_processing`` (what was

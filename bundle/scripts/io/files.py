@@ -16,6 +16,8 @@ __all__ = [
     "atomic_write",
     "image_stem",
     "is_dicom_file",
+    "is_part10_file",
+    "is_raw_dataset",
     "remove_temporary_files",
     "sniff_format",
 ]
@@ -45,26 +47,51 @@ def image_stem(name: str) -> str:
     return name
 
 
-def is_dicom_file(path: PathLike) -> bool:
-    """Whether ``path`` is a DICOM Part 10 file, judged by content: the ``DICM`` marker after the 128-byte preamble.
+# the value representations of DICOM (PS3.5 6.2): an explicit-VR element has one of them after its tag
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 
-    Files without the preamble (raw datasets) are accepted only with a ``.dcm``/``.dicom`` extension (see
-    :func:`sniff_format`).
-    """
+
+def is_raw_dataset(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts like a DICOM dataset written without the Part 10 preamble and
+    file meta information, as older modalities and some archives store them: a group 0008 element (the first group
+    of every image object's dataset) in little endian, explicit VR (a known VR after the tag) or implicit VR (a
+    short length after it)."""
+    if len(head) < 8 or head[0:2] != b"\x08\x00" or int.from_bytes(head[2:4], "little") > 0x00FF:
+        return False
+    if head[4:6] in _VRS:
+        return True
+    return int.from_bytes(head[4:8], "little") <= 1024
+
+
+def _head(path: PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
+            return f.read(132)
     except OSError:
-        return False
+        return b""
+
+
+def is_part10_file(path: PathLike) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file: the ``DICM`` marker after the 128-byte preamble."""
+    head = _head(path)
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_file(path: PathLike) -> bool:
+    """Whether ``path`` is a DICOM file, judged by content: a Part 10 file (:func:`is_part10_file`), or a dataset
+    without preamble and file meta information (:func:`is_raw_dataset`)."""
+    return is_part10_file(path) or is_raw_dataset(_head(path))
 
 
 def sniff_format(path: PathLike) -> str | None:
     """Return ``"dicom"``, ``"png"``, ``"jpeg"``, ``"bmp"``, ``"tiff"`` or ``"nifti"`` for ``path``, else ``None``.
 
-    DICOM is recognised by content (``DICM`` at byte 128), whatever the file's name; images by their magic numbers;
-    NIfTI by its ``.nii``/``.nii.gz`` extension. A ``.dcm``/``.dicom`` file without the DICOM marker counts as DICOM
-    (datasets written without the Part 10 preamble). Unreadable or empty files give ``None``.
+    DICOM is recognised by content (:func:`is_dicom_file`: the ``DICM`` marker at byte 128, or a dataset without
+    preamble), whatever the file's name; images by their magic numbers; NIfTI by its ``.nii``/``.nii.gz`` extension.
+    Any other ``.dcm``/``.dicom`` file counts as DICOM, so that reading it says what is wrong with it. Unreadable or
+    empty files give ``None``.
     """
     path = os.fspath(path)
     if is_dicom_file(path):
