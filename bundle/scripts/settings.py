@@ -1,9 +1,9 @@
 """The settings the configs read: on/off switches as users type them, and the trained model's own settings.
 
-* :func:`is_on`, the one reader of every on/off option of every config. ``monai.bundle run ... --write_seg false``
-  passes the string ``"false"`` (Python's ``fire`` turns only ``False`` into a bool), which Python would take as
-  true; ``--write_seg 0`` arrives as the integer 0. Every config therefore reads its switches through it
-  (``"$scripts.settings.is_on(@write_seg)"``), never as Python truth values.
+* :func:`is_on` (from :mod:`scripts.io.switches`), the one reader of every on/off option of every config:
+  ``monai.bundle run ... --write_seg false`` passes the string ``"false"``, which Python would take as true. The
+  components that take a switch read it with it; no config reads one in an expression. :func:`amp_enabled` reads
+  the engines' ``amp`` (``"auto"``: where CUDA is).
 * :func:`trained_settings`: the input size, padding crop and number of classes a model was trained with travel with
   its weights, in ``model.json`` beside ``model.pt`` (written by training, :func:`write_model_settings`), so that
   inference and evaluation run a model at the size it was trained at without being told. Weights without that file
@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .io.files import atomic_write
+from .io.switches import OFF_WORDS, ON_WORDS, is_on
 from .io.weights import file_sha256, settings_file
 
 __all__ = [
@@ -31,32 +32,10 @@ __all__ = [
     "write_model_settings",
 ]
 
-ON_WORDS = ("true", "yes", "on", "1")
-OFF_WORDS = ("false", "no", "off", "0")
 # the training recipe of this bundle, beside the scripts folder wherever the bundle is copied
 _RECIPE = Path(__file__).resolve().parents[1] / "configs" / "train.json"
 # what a model needs at inference that its state dict does not say
 MODEL_SETTINGS = ("image_size", "crop_padding", "num_classes")
-
-
-def is_on(value: bool | int | str | None) -> bool:
-    """Whether a switch is on: ``True``/``False``, ``1``/``0``, or one of the words ``true/false``, ``yes/no``,
-    ``on/off``, ``1/0`` in any case (surrounding spaces ignored).
-
-    Raises:
-        ValueError: anything else (a typo such as ``"flase"`` must not silently mean off), naming the accepted words.
-    """
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in ON_WORDS:
-        return True
-    if word in OFF_WORDS:
-        return False
-    raise ValueError(
-        f"{value!r} is not an on/off value: use one of {', '.join(ON_WORDS)} (on) or {', '.join(OFF_WORDS)} (off), "
-        "in any case"
-    )
 
 
 def amp_enabled(amp: bool | int | str | None) -> bool:

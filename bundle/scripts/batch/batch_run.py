@@ -19,6 +19,7 @@ from ignite.engine import Engine
 
 from ..acceleration import resolve_precision
 from ..io.dicom import RADIOGRAPH_MODALITIES
+from ..lung_shape import SHAPE_MODEL_FILE
 from ..settings import amp_enabled, is_on
 from .case_outputs import CaseOutputs
 from .case_writer import CaseWriter
@@ -80,6 +81,9 @@ class BatchRun:
         write_processes: writer processes (0: in the main process).
         software_version: the bundle version, named in the SEG objects.
         shard: a torchrun run: rank 0 opens the run and every rank gets a share of the inputs.
+        frontal_chest_only: skip inputs that are not frontal chest radiographs, by their header (the reader's
+            check) and their lungs (:class:`scripts.transforms.postprocess.LungShapeScored`); off, everything is
+            segmented and a doubtful lung shape flagged.
 
     Switches (``overwrite``, ``write_*``, ``label_sides``, ``amp``, ``dicomweb``'s ``store``) are read with
     :func:`scripts.settings.is_on`, so ``--write_seg false`` typed on the command line turns an output off.
@@ -115,6 +119,7 @@ class BatchRun:
         write_processes: int = 2,
         software_version: str = "unknown",
         shard: bool | str = False,
+        frontal_chest_only: bool | str = True,
     ) -> None:
         device = torch.device(device)
         dicomweb = dict(dicomweb or {})
@@ -143,6 +148,8 @@ class BatchRun:
                 "store_seg": is_on(dicomweb.get("store", True)) and bool(dicomweb.get("url")),
             },
             "quality": dict(sorted(quality.items())),
+            "frontal_chest_only": is_on(frontal_chest_only),
+            "lung_shape_model": file_signature(str(SHAPE_MODEL_FILE)),
         }
         outputs = self.settings["outputs"]
         self.pacs = (
@@ -179,6 +186,7 @@ class BatchRun:
             seg_series_number=outputs["seg_series_number"],
             software_version=software_version,
             uid_seed=self.report.settings_id,
+            frontal_chest_only=self.settings["frontal_chest_only"],
             pacs=self.pacs,
         )
 

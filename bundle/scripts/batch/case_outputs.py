@@ -22,6 +22,8 @@ from monai.engines.utils import engine_apply_transform
 
 from ..io.dicom import header_from_json, safe_get
 from ..io.errors import RunFault, describe_error, is_input_failure
+from ..io.radiograph_view import NOT_A_FRONTAL_CHEST, taken_as
+from ..lung_shape import DOUBTFUL, NOT_A_CHEST
 from ..lungs import measure_lungs, patient_right_on_image_left
 from ..transforms.image import review_pixels
 from .dicomweb import DicomwebSource
@@ -29,7 +31,7 @@ from .fault_tolerance import run_fault
 from .rle import mask_runs
 from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, write_overlay
 
-__all__ = ["CaseOutputs", "CaseOutputError"]
+__all__ = ["CaseOutputs", "CaseOutputError", "CaseSkippedError"]
 
 logger = logging.getLogger(__name__)
 _LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"}
@@ -37,6 +39,22 @@ _LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"}
 
 class CaseOutputError(Exception):
     """One input's outputs could not be made; the message (``"<step>: <reason>"``) is its report row's reason."""
+
+
+class CaseSkippedError(CaseOutputError):
+    """One input is not what the bundle segments (the frontal-chest check): no outputs, a ``skipped`` row.
+
+    Args:
+        reason: the row's reason.
+        taken_as: the row's ``taken_as``.
+    """
+
+    def __init__(self, reason: str, taken_as: str) -> None:
+        super().__init__(reason, taken_as)
+        self.reason, self.taken_as = reason, taken_as
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class CaseOutputs:
@@ -75,6 +93,12 @@ class CaseOutputs:
         overlay_key: item key of the review image (:class:`scripts.transforms.image.ReviewImaged`).
         qc_key: key of the mask quality score after ``postprocessing``
             (:class:`scripts.transforms.postprocess.KeepLungProbabilityd`); reported as ``qc_score`` when present.
+        shape_key: key of the lung shape's distance after ``postprocessing``
+            (:class:`scripts.transforms.postprocess.LungShapeScored`, with its ``_verdict`` and ``_evidence``);
+            reported as ``lung_shape`` when present.
+        frontal_chest_only: skip an input whose lungs say it is no frontal chest (:class:`CaseSkippedError`, before any
+            output is written); off, it is segmented and flagged ``lung_shape``. A doubtful shape is flagged either
+            way. The header's evidence was checked by the reader (:mod:`scripts.io.radiograph_view`).
         pacs: the DICOMweb server the inputs came from: each SEG is stored there too (when its ``store`` is on); one
             it refuses makes the input's row failed.
     """
@@ -99,6 +123,8 @@ class CaseOutputs:
         pred_key: str = "pred",
         overlay_key: str = "overlay_image",
         qc_key: str = "qc_score",
+        shape_key: str = "lung_shape",
+        frontal_chest_only: bool = True,
         pacs: DicomwebSource | None = None,
     ) -> None:
         self.output_dir = output_dir
@@ -118,6 +144,7 @@ class CaseOutputs:
         self.software_version = str(software_version)
         self.uid_seed = str(uid_seed)
         self.image_key, self.pred_key, self.overlay_key, self.qc_key = image_key, pred_key, overlay_key, qc_key
+        self.shape_key, self.frontal_chest_only = shape_key, bool(frontal_chest_only)
         self.pacs = pacs if pacs is not None and pacs.store else None
 
     def __call__(self, item: dict, output: dict, kind: str = "") -> dict:
@@ -183,6 +210,8 @@ class CaseOutputs:
             measures["qc_score"] = None if score is None else round(float(score), 4)
             if score is not None and score < self.review_below:
                 measures["quality_flags"].append("review")
+        with self._step("checking for a frontal chest"):
+            measures["taken_as"] = self._taken_as(item, output, str(meta.get("view_evidence", "")), measures)
 
         stem, out = item["output_stem"], self.output_dir
         paths, seg_uid = {}, None
@@ -232,6 +261,24 @@ class CaseOutputs:
             **{k: os.path.relpath(v, out) for k, v in paths.items()},
             **encoded,
         )
+
+    def _taken_as(self, item: dict, output: dict, header: str, measures: dict) -> str:
+        """What the input is taken for (the report's ``taken_as``), from the header's evidence (checked by the
+        reader) and the lungs' (:class:`scripts.transforms.postprocess.LungShapeScored`); raises
+        :class:`CaseSkippedError` for an input the lungs say is no frontal chest, when the check is on."""
+
+        def found(suffix: str = ""):
+            key = self.shape_key + suffix
+            return output.get(key, item.get(key))
+
+        verdict, image = found("_verdict"), found("_evidence") or ""
+        measures["lung_shape"] = found()
+        if verdict == NOT_A_CHEST and self.frontal_chest_only:
+            raise CaseSkippedError(f"{NOT_A_FRONTAL_CHEST}: {image}", taken_as("not a frontal chest", header, image))
+        if verdict in (DOUBTFUL, NOT_A_CHEST):
+            measures["quality_flags"].append("lung_shape")
+        decision = "frontal chest" if self.frontal_chest_only else "not checked (frontal_chest_only off)"
+        return taken_as(decision + (", doubtful" if verdict in (DOUBTFUL, NOT_A_CHEST) else ""), header, image)
 
 
 def _remember(written: list[str], path: str) -> str:

@@ -31,7 +31,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..io.errors import RunFault, describe_error, is_input_failure
-from .case_outputs import CaseOutputError, CaseOutputs
+from ..io.radiograph_view import NOT_A_FRONTAL_CHEST, taken_as
+from .case_outputs import CaseOutputError, CaseOutputs, CaseSkippedError
 from .fault_tolerance import ERROR_KEY, STATUS_KEY
 from .report import OUTPUT_COLUMNS, RunReport
 
@@ -83,7 +84,10 @@ class CaseWriter:
         for item, output in zip(engine.state.batch, engine.state.output, strict=True):
             key = item["case_key"]
             if ERROR_KEY in output:
-                row = self.report.base_row(key, status=output.get(STATUS_KEY, "failed"), reason=output[ERROR_KEY])
+                reason = output[ERROR_KEY]
+                row = self.report.base_row(
+                    key, status=output.get(STATUS_KEY, "failed"), reason=reason, taken_as=_taken_as_by_header(reason)
+                )
                 self.report.record(key, row)
                 continue
             kind = self.report.entry(key)["kind"]
@@ -186,8 +190,17 @@ def _make(outputs: CaseOutputs, item: dict, output: dict, kind: str) -> dict:
     """The row fields of one item: ``ok`` with its measurements and outputs, or ``failed`` with the step and reason."""
     try:
         return outputs(item, output, kind)
+    except CaseSkippedError as exc:
+        return {"status": "skipped", "reason": exc.reason, "taken_as": exc.taken_as}
     except CaseOutputError as exc:
         return {"status": "failed", "reason": str(exc)}
+
+
+def _taken_as_by_header(reason: str) -> str | None:
+    """``taken_as`` of an input the reader refused for what its header says (see
+    :class:`scripts.io.dicom.RadiographDicomReader`), else ``None``."""
+    marker = NOT_A_FRONTAL_CHEST + ": "
+    return taken_as("not a frontal chest", header=reason.split(marker, 1)[1]) if marker in reason else None
 
 
 def _remove(path: str) -> None:

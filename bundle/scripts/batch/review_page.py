@@ -6,7 +6,9 @@ network, no script or style from elsewhere) with
 * the run's summary: counts by status and by quality flag, the model and the settings;
 * histograms of the lung fraction and of ``qc_score`` (inline SVG);
 * every ``ok`` input as a thumbnail of its overlay, worst ``qc_score`` first, each linked to its full-size overlay,
-  mask and DICOM SEG, with filters by status and flag; failed and skipped inputs are listed with their reasons.
+  mask and DICOM SEG, with filters by status and flag; the inputs not taken for frontal chest radiographs (other
+  body parts, lateral views: skipped by the frontal-chest check) are listed in a group of their own with what they
+  were taken for, and the failed and other skipped inputs with their reasons.
 
 The rows are in ``review_rows.js`` beside the page (a script, as browsers load from disk what they would not fetch),
 a few hundred bytes each; the page shows them a page of 48 at a time and loads only the thumbnails it shows, so it
@@ -36,6 +38,7 @@ _FIELDS = (
     "mask_png",
     "seg_dicom",
     "reason",
+    "taken_as",
 )
 
 
@@ -144,6 +147,7 @@ ones. Research use only.</p>
 <button id="prev">previous</button> <span id="position"></span> <button id="next">next</button>
 </p>
 <div id="grid"></div>
+<table id="not_chests"></table>
 <table id="problems"></table>
 <script src="{rows_script}"></script>
 <script>
@@ -176,7 +180,13 @@ function render() {{
     <div class="bad">${{esc(r[F.quality_flags].join(", "))}}</div>
     <div>${{link(r[F.overlay], "overlay")}} ${{link(r[F.mask_png], "mask")}} ${{link(r[F.seg_dicom], "SEG")}}</div>
     </div>`).join("");
-  const problems = rows.filter(r => r[F.status] !== "ok");
+  const notChest = r => r[F.status] === "skipped" && String(r[F.taken_as] ?? "").startsWith("not a frontal chest");
+  const others = rows.filter(notChest);
+  document.getElementById("not_chests").innerHTML = others.length ?
+    "<caption>not taken for frontal chest radiographs (skipped: no mask, no SEG)</caption>" +
+    "<tr><th>input</th><th>taken for</th></tr>" + others.map(r => `<tr class="not-chest"><td>${{esc(r[F.input])}}</td>
+    <td>${{esc(r[F.taken_as])}}</td></tr>`).join("") : "";
+  const problems = rows.filter(r => r[F.status] !== "ok" && !notChest(r));
   document.getElementById("problems").innerHTML = problems.length ? "<caption>failed and skipped inputs</caption>" +
     "<tr><th>input</th><th>status</th>" +
     "<th>reason</th></tr>" + problems.map(r => `<tr class="problem"><td>${{esc(r[F.input])}}</td>

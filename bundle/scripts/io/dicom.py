@@ -50,6 +50,7 @@ from pydicom.dataset import Dataset
 
 from .errors import ImageTooLarge, InputError, NotARadiograph, first_line, is_input_failure
 from .files import is_dicom_file, is_part10_file
+from .radiograph_view import FRONTAL, UNKNOWN, header_view
 
 try:  # pydicom 3
     from pydicom.encaps import generate_frames
@@ -764,17 +765,25 @@ class RadiographDicomReader(ImageReader):
         max_pixels: the largest Rows x Columns decoded; larger images (or headers and codestreams claiming them) fail
             before anything of their size is allocated.
         modalities: DICOM Modality values that are segmented (:func:`classify_dataset`).
+        frontal_chest_only: refuse a file whose header says it is another body part or a lateral or oblique view
+            (:func:`scripts.io.radiograph_view.header_view`) with :class:`~scripts.io.errors.NotARadiograph`; the
+            header's evidence goes into the meta data (``view_evidence``) either way.
         kwargs: passed to ``pydicom.dcmread``.
     """
 
     suffixes = ("dcm", "dicom")
 
     def __init__(
-        self, max_pixels: int = MAX_IMAGE_PIXELS, modalities: Sequence[str] = RADIOGRAPH_MODALITIES, **kwargs
+        self,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        modalities: Sequence[str] = RADIOGRAPH_MODALITIES,
+        frontal_chest_only: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__()
         self.max_pixels = int(max_pixels)
         self.modalities = tuple(modalities)
+        self.frontal_chest_only = bool(frontal_chest_only)
         self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -800,6 +809,9 @@ class RadiographDicomReader(ImageReader):
                 classify_dataset(ds, self.modalities)
             except InputError as exc:
                 raise type(exc)(f"{name}: {exc}", step=exc.step) from exc
+            verdict, evidence = header_view(ds)
+            if self.frontal_chest_only and verdict not in (FRONTAL, UNKNOWN):
+                raise NotARadiograph(f"{name}: not a frontal chest radiograph: {evidence}", step="reading the header")
             datasets.append(ds)
         return datasets if len(datasets) > 1 else datasets[0]
 
@@ -834,6 +846,7 @@ class RadiographDicomReader(ImageReader):
             "pixel_processing": "; ".join(notes),
             "modality": str(safe_get(ds, "Modality", "") or "")[:16],
             "patient_orientation": "\\".join(str(v)[:16] for v in ensure_tuple(orientation))[:64],
+            "view_evidence": header_view(ds)[1],
             "sop_instance_uid": str(safe_get(ds, "SOPInstanceUID", "") or "")[:64],
             "dicom_header": clean_header(ds).to_json(),
             "rows": int(shape[0]),

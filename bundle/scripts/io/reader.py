@@ -39,6 +39,7 @@ from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImag
 from .dicom import MAX_IMAGE_PIXELS, RADIOGRAPH_MODALITIES, RadiographDicomReader, check_image_size
 from .errors import InputError, NotARadiograph, first_line, is_input_failure
 from .files import PIL_FORMATS, sniff_format
+from .switches import is_on
 
 __all__ = ["RadiographReader", "META_DEFAULTS", "to_grey", "grey_png_reader"]
 
@@ -63,6 +64,7 @@ META_DEFAULTS = {
     "pixel_processing": "",
     "modality": "",
     "patient_orientation": "",
+    "view_evidence": "",
     "sop_instance_uid": "",
     "dicom_header": "",
 }
@@ -113,12 +115,21 @@ class RadiographReader(ImageReader):
             :class:`~scripts.io.errors.ImageTooLarge` before it is decoded (see the module docstring).
         modalities: DICOM Modality values that are segmented; another DICOM object is refused with
             :class:`~scripts.io.errors.NotARadiograph` (its report row is ``skipped``).
+        frontal_chest_only: refuse, likewise, a DICOM file whose header says it shows another body part or a lateral
+            or oblique view (a switch: ``"false"`` segments them; :mod:`scripts.io.radiograph_view`).
     """
 
-    def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS, modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> None:
+    def __init__(
+        self,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        modalities: Sequence[str] = RADIOGRAPH_MODALITIES,
+        frontal_chest_only: bool | str = True,
+    ) -> None:
         super().__init__()
         self.max_pixels = int(max_pixels)
-        self.dicom = RadiographDicomReader(max_pixels=self.max_pixels, modalities=modalities)
+        self.dicom = RadiographDicomReader(
+            max_pixels=self.max_pixels, modalities=modalities, frontal_chest_only=is_on(frontal_chest_only)
+        )
         self.pil = grey_png_reader()
         self.nifti = NibabelReader()
         if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:

@@ -29,11 +29,12 @@ from monai.transforms import MapTransform
 from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
+from ..lung_shape import SHAPE_MODEL_FILE, LungShapeModel
 from ..lungs import keep_lung_components, patient_right_on_image_left, split_lung_sides
 from ..quality import lung_quality_score
 from ..settings import is_on
 
-__all__ = ["InverseInterpolationd", "KeepLungComponentsd", "KeepLungProbabilityd", "LabelLungSidesd"]
+__all__ = ["InverseInterpolationd", "KeepLungComponentsd", "KeepLungProbabilityd", "LabelLungSidesd", "LungShapeScored"]
 
 
 class InverseInterpolationd(MapTransform):
@@ -179,6 +180,52 @@ class KeepLungProbabilityd(MapTransform):
                 d[self.score_key] = lung_quality_score(convert_to_numpy(probability)[0], convert_to_numpy(kept)[0])
             cleaned = torch.where(kept & ~lung, 1.0, torch.where(lung & ~kept, 0.0, probability))
             d[key] = convert_to_dst_type(cleaned, dst=probability, dtype=probability.dtype)[0]
+        return d
+
+
+class LungShapeScored(MapTransform):
+    """Record what the lungs kept on the network's grid say of the input (:meth:`scripts.lung_shape.LungShapeModel.
+    judge`): their distance from the lungs of frontal chests under ``score_key``, and the verdict and its evidence in
+    words under ``score_key + "_verdict"`` and ``score_key + "_evidence"``; the image evidence of whether the input is
+    a frontal chest radiograph at all.
+
+    Args:
+        keys: keys of channel-first lung probability maps on the network's grid (after :class:`KeepLungProbabilityd`).
+        threshold: the probability from which a pixel is lung.
+        score_key: the item key of the distance.
+        quality_key: the item key of the mask's quality score (:class:`KeepLungProbabilityd`'s ``score_key``).
+        model: the shape model file (default: the bundle's ``models/lung_shape.npz``).
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        score_key: str = "lung_shape",
+        quality_key: str = "qc_score",
+        model: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.threshold = threshold
+        self.score_key, self.quality_key = score_key, quality_key
+        path = model or SHAPE_MODEL_FILE
+        try:
+            self.model = LungShapeModel.load(path)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"the lung shape model {path} cannot be read ({exc}): it comes with the bundle (models/); "
+                "tools/fit_lung_shape.py makes it anew"
+            ) from exc
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lung = convert_to_numpy(d[key])[0] >= self.threshold
+            verdict, distance, evidence = self.model.judge(lung, float(d.get(self.quality_key, 1.0)))
+            d[self.score_key] = round(distance, 3) if np.isfinite(distance) else None
+            d[self.score_key + "_verdict"], d[self.score_key + "_evidence"] = verdict, evidence
         return d
 
 
