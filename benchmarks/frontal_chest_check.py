@@ -150,9 +150,9 @@ def fit(cache: Path) -> None:
 
 def write_challenge(folder: Path) -> dict[str, tuple[str, np.ndarray]]:
     """The challenge's PNGs; returns, for each file name, its variant and its reference mask (full size)."""
-    from scripts.data.datalist import prepare_datalist
-
     from degraded import degrade
+
+    from scripts.data.datalist import prepare_datalist
 
     folder.mkdir(parents=True, exist_ok=True)
     references = {}

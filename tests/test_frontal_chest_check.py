@@ -108,12 +108,18 @@ def rows_of(out: Path) -> dict[str, dict]:
     return {Path(r["input"]).name: r for r in json.loads((out / "report.json").read_text())["rows"]}
 
 
-@pytest.mark.slow
-def test_an_archive_run_skips_what_is_not_a_frontal_chest(archive, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def archive_run(archive, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("archive_out")
     run_bundle(
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(archive), "--output_dir", str(out)
     )
+    return out
+
+
+@pytest.mark.slow
+def test_an_archive_run_skips_what_is_not_a_frontal_chest(archive_run):
+    out = archive_run
     rows = rows_of(out)
     assert {name: row["status"] for name, row in rows.items()} == {
         "chest.png": "ok", "chest.dcm": "ok", "hand.dcm": "skipped", "lateral.dcm": "skipped", "bone.png": "skipped",
@@ -149,3 +155,34 @@ def test_the_switch_segments_everything_anyway(archive, tmp_path):
     assert "lung_shape" in rows["bone.png"]["quality_flags"]
     assert rows["hand.dcm"]["taken_as"].startswith("not checked (frontal_chest_only off) (header: Body Part Examined")
     assert rows["hand.dcm"]["seg_dicom"]
+
+
+@pytest.mark.slow
+def test_the_review_page_shows_what_was_not_taken_for_a_chest(archive_run):
+    """As a person sees it, in headless Chromium: the chests as cards, the rest in their own group with what they
+    were taken for; the failed and other skipped inputs (none here) apart."""
+    import sys
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extras)")
+    sys.path.insert(0, str(REPO))
+    from pacs.stack import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or bash pacs/setup_pacs.sh)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto((archive_run / "review.html").as_uri())
+            page.wait_for_function("[...document.images].length > 0 && [...document.images].every(i => i.complete)")
+            assert page.locator(".card").count() == 2
+            group = page.locator("#not_chests")
+            assert group.locator("tr.not-chest").count() == 3
+            text = group.inner_text()
+            assert "not taken for frontal chest radiographs" in text
+            assert "hand.dcm" in text and "not a frontal chest (header: Body Part Examined HAND)" in text
+            assert "bone.png" in text and "not a frontal chest (image: lungs found in" in text
+            assert page.locator("#problems tr.problem").count() == 0
+            page.screenshot(path=str(archive_run / "review_page.png"), full_page=True)
+        finally:
+            browser.close()

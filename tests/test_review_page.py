@@ -45,6 +45,10 @@ def run_output(real_trained_model, tmp_path_factory) -> Path:
         str(real_trained_model["weights"]),
         "--num_workers",
         "0",
+        # the inverted image is here for its quality score: the frontal-chest check would skip it
+        # (tests/test_frontal_chest_check.py)
+        "--inputs#frontal_chest_only",
+        "false",
         expect=3,  # one input failed
     )
     return out
