@@ -127,24 +127,20 @@ def fit(cache: Path) -> None:
         f"median {np.median(every):.2f}, 95th {np.percentile(every, 95):.2f}, 98th {review:.2f}, max {every.max():.2f}"
     )
     fractions = np.array([m.mean() for m in predicted] + [m.mean() for m in real])
-    # too little lung: half the smallest share of lungs a chest got; too little and unsure: below 1.2 times that
-    # share and 0.02 below the lowest quality score of a chest
-    least, surest = float(fractions.min()), float(quality.min())
-    print(f"chests: lungs {least:.3f} of the grid at the least, quality {surest:.3f} at the lowest")
+    least = float(fractions.min())  # too little lung: below half the smallest share of lungs a chest got
+    print(f"chests: lungs {least:.3f} of the grid at the least, quality {quality.min():.3f} at the lowest")
     model = LungShapeModel.fit(reference)
-    model.review_above, model.skip_above = review, skip
-    model.skip_below_fraction, model.unsure_fraction, model.unsure_quality = least / 2, 1.2 * least, surest - 0.02
+    model.review_above, model.skip_above, model.skip_below_fraction = review, skip, least / 2
     model.save(
         SHAPE_MODEL_FILE,
         data="reference masks of the 669 cases of kaggle-lungs-512 (Shenzhen, Montgomery; CC BY-NC-SA 4.0)",
         thresholds="benchmarks/frontal_chest_check.py --fit: review at the 98th percentile, skip at twice the largest "
         "distance of the release model's masks of the chests, each scored by a model fitted without its fold; "
-        "lungs too little below half the smallest share a chest got, too unsure below 1.2 times it with a quality "
-        "0.02 below the lowest of a chest",
+        "lungs too little below half the smallest share a chest got",
     )
     print(
-        f"{SHAPE_MODEL_FILE}: review above {review:.2f}, skip above {skip:.2f}, below {model.skip_below_fraction:.3f} "
-        f"of the grid, or below {model.unsure_fraction:.3f} with quality below {model.unsure_quality:.3f}"
+        f"{SHAPE_MODEL_FILE}: review above {review:.2f}, skip above {skip:.2f} or below "
+        f"{model.skip_below_fraction:.3f} of the grid"
     )
 
 
@@ -200,8 +196,10 @@ def challenge(real: Path | None, repeats: int) -> None:
         work = Path(tmp)
         references = write_challenge(work / "challenge")
         if real is not None:
-            images = (
-                p for p in real.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".jpg", ".jpeg", ".png")
+            images = (  # the radiographs in its sub-folders, one a category (hand, knee, lateral_chest, ...)
+                p
+                for p in real.glob("[!_]*/**/*")
+                if p.is_file() and p.suffix.lower() in (".dcm", ".jpg", ".jpeg", ".png")
             )
             for path in sorted(images):
                 target = work / "challenge" / f"real_{path.parent.name}_{path.name}"

@@ -57,6 +57,9 @@ def coded(meaning: str) -> list[Dataset]:
         ({"StudyDescription": "CHEST PA AND LATERAL"}, FRONTAL, "Study Description CHEST PA AND LATERAL"),
         ({"StudyDescription": "ABDOMINAL PAIN", "BodyPartExamined": "PORTABLE"}, UNKNOWN, ""),
         ({"BodyPartExamined": "PELVIS", "SeriesDescription": "CHEST"}, NOT_CHEST, "Body Part Examined PELVIS"),
+        ({"ImageLaterality": "L"}, NOT_CHEST, "Image Laterality L (one side of a paired body part)"),
+        ({"ImageLaterality": "R", "BodyPartExamined": "CHEST"}, FRONTAL, "Body Part Examined CHEST"),
+        ({"ImageLaterality": "U"}, UNKNOWN, ""),
         ({}, UNKNOWN, ""),
     ],
 )
@@ -71,13 +74,13 @@ def test_the_lung_shape_model_tells_chests_from_what_is_not():
     rows, columns = np.mgrid[0:128, 0:128]
     lungs = ((rows - 62) / 42) ** 2 + ((columns - 38) / 20) ** 2 < 1
     lungs |= ((rows - 62) / 40) ** 2 + ((columns - 90) / 19) ** 2 < 1
-    verdict, distance, evidence = model.judge(lungs.T, quality=0.98)  # MONAI's (x, y)
+    verdict, distance, evidence = model.judge(lungs.T)  # MONAI's (x, y)
     assert verdict == CHEST and evidence == f"lung shape {distance:.2f}"
-    assert model.judge(np.zeros((128, 128)), quality=0.0)[0] == NOT_A_CHEST
-    assert model.judge(lungs, quality=0.98)[0] in (DOUBTFUL, NOT_A_CHEST)  # turned on its side
+    assert model.judge(np.zeros((128, 128)))[0] == NOT_A_CHEST
+    assert model.judge(lungs)[0] in (DOUBTFUL, NOT_A_CHEST)  # turned on its side
     small = np.zeros((128, 128), bool)
     small[50:60, 60:75] = True
-    assert model.judge(small.T, quality=0.5)[0] == NOT_A_CHEST
+    assert model.judge(small.T)[0] == NOT_A_CHEST
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +155,7 @@ def test_the_switch_segments_everything_anyway(archive, tmp_path):
     )  # fmt: skip
     rows = rows_of(out)
     assert {row["status"] for row in rows.values()} == {"ok"}
-    assert "lung_shape" in rows["bone.png"]["quality_flags"]
+    assert {"lung_shape", "review"} <= set(rows["bone.png"]["quality_flags"])
     assert rows["hand.dcm"]["taken_as"].startswith("not checked (frontal_chest_only off) (header: Body Part Examined")
     assert rows["hand.dcm"]["seg_dicom"]
 

@@ -48,9 +48,8 @@ class LungShapeModel:
         skip_above: a distance above which an input is not taken for a frontal chest.
         skip_below_fraction: a share of the network's grid below which the lungs found are too little for a frontal
             chest (the network finds next to nothing in a hand or a knee, whose masks are all alike: near-empty).
-        unsure_fraction, unsure_quality: lungs below this share found with a quality score
-            (:mod:`scripts.quality`) below this are not a chest's either: the network hesitates over what little it
-            finds in a pelvis or an abdomen, where in the smallest lungs of a chest it does not.
+            Kept at half the least a chest was measured with: the little, hesitant lung the network finds in a
+            pelvis is what it finds in a chest whose lungs are almost all opaque, and a chest stays ``ok``.
     """
 
     def __init__(
@@ -62,8 +61,6 @@ class LungShapeModel:
         review_above: float = float("inf"),
         skip_above: float = float("inf"),
         skip_below_fraction: float = 0.0,
-        unsure_fraction: float = 0.0,
-        unsure_quality: float = 0.0,
     ) -> None:
         self.mean = np.asarray(mean, np.float64)
         self.components = np.asarray(components, np.float64)
@@ -71,7 +68,6 @@ class LungShapeModel:
         self.residual_variance = float(residual_variance)
         self.review_above, self.skip_above = float(review_above), float(skip_above)
         self.skip_below_fraction = float(skip_below_fraction)
-        self.unsure_fraction, self.unsure_quality = float(unsure_fraction), float(unsure_quality)
 
     @classmethod
     def fit(cls, masks, modes: int = 16) -> LungShapeModel:
@@ -96,24 +92,15 @@ class LungShapeModel:
         outside = float(residual @ residual) / self.residual_variance / (len(z) - len(self.variances))
         return within + outside
 
-    def judge(self, mask: np.ndarray | torch.Tensor, quality: float = 1.0) -> tuple[str, float, str]:
-        """What the lungs found in an image (on the network's grid, with their quality score) say of it:
-        ``(verdict, distance, evidence)``, the verdict :data:`CHEST`, :data:`DOUBTFUL` (flag the mask for review)
-        or :data:`NOT_A_CHEST` (skip the input), the evidence in words (``"lung shape 1.63"``)."""
+    def judge(self, mask: np.ndarray | torch.Tensor) -> tuple[str, float, str]:
+        """What the lungs found in an image (on the network's grid) say of it: ``(verdict, distance, evidence)``,
+        the verdict :data:`CHEST`, :data:`DOUBTFUL` (flag the mask for review) or :data:`NOT_A_CHEST` (skip the
+        input), the evidence in words (``"lung shape 1.63"``)."""
         lung = np.asarray(mask) > 0
         fraction = float(lung.mean()) if lung.size else 0.0
         distance = self.distance(lung)
         if fraction < self.skip_below_fraction:
             return NOT_A_CHEST, distance, f"lungs found in {fraction:.1%} of the image, too little for a chest"
-        if fraction < self.unsure_fraction and quality < self.unsure_quality:
-            return (
-                NOT_A_CHEST,
-                distance,
-                (
-                    f"lungs found in {fraction:.1%} of the image with quality {quality:.2f}, too little and too unsure "
-                    "for a chest"
-                ),
-            )
         if distance > self.skip_above:
             return NOT_A_CHEST, distance, f"lung shape implausible ({distance:.1f}, above {self.skip_above:.1f})"
         if distance > self.review_above:
@@ -131,8 +118,6 @@ class LungShapeModel:
             review_above=self.review_above,
             skip_above=self.skip_above,
             skip_below_fraction=self.skip_below_fraction,
-            unsure_fraction=self.unsure_fraction,
-            unsure_quality=self.unsure_quality,
             **{key: np.asarray(str(value)) for key, value in provenance.items()},
         )
 
@@ -147,5 +132,5 @@ class LungShapeModel:
                 float(found["residual_variance"]),
                 float(found["review_above"]),
                 float(found["skip_above"]),
-                *(float(found[key]) for key in ("skip_below_fraction", "unsure_fraction", "unsure_quality")),
+                float(found["skip_below_fraction"]),
             )

@@ -275,8 +275,9 @@ class CaseOutputs:
         measures["lung_shape"] = found()
         if verdict == NOT_A_CHEST and self.frontal_chest_only:
             raise CaseSkippedError(f"{NOT_A_FRONTAL_CHEST}: {image}", taken_as("not a frontal chest", header, image))
-        if verdict in (DOUBTFUL, NOT_A_CHEST):
-            measures["quality_flags"].append("lung_shape")
+        if verdict in (DOUBTFUL, NOT_A_CHEST):  # a chest whose mask is doubtful: flagged, and for review
+            flags = measures["quality_flags"]
+            flags += [flag for flag in ("lung_shape", "review") if flag not in flags]
         decision = "frontal chest" if self.frontal_chest_only else "not checked (frontal_chest_only off)"
         return taken_as(decision + (", doubtful" if verdict in (DOUBTFUL, NOT_A_CHEST) else ""), header, image)
 

@@ -495,22 +495,35 @@ def _codestream_size(frame: bytes, syntax: pydicom.uid.UID) -> tuple[int, int] |
     return None
 
 
+def _single_numbers(ds: Dataset, keywords: tuple[str, ...], what: str, notes: list[str]) -> list | None:
+    """The one number each element holds (``None`` for an absent or empty one), or ``None`` when one of them holds
+    text or several values: then ``what`` is named in ``notes`` as ignored."""
+    try:
+        found = [numbers(ds, keyword) for keyword in keywords]
+    except InputError as exc:
+        notes.append(f"{what} ignored ({exc})")
+        return None
+    if any(values is not None and len(values) != 1 for values in found):
+        notes.append(f"{what} ignored ({' and '.join(keywords)} must be single numbers)")
+        return None
+    return [values[0] if values else None for values in found]
+
+
 def _rescale_is_valid(ds: Dataset, notes: list[str]) -> bool:
     """Whether Rescale Slope/Intercept can be applied; an invalid pair is named in ``notes``."""
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
         return False
-    try:
-        slope, intercept = numbers(ds, "RescaleSlope"), numbers(ds, "RescaleIntercept")
-    except InputError as exc:
-        notes.append(f"rescale ignored ({exc})")
+    found = _single_numbers(ds, ("RescaleSlope", "RescaleIntercept"), "rescale", notes)
+    if found is None:
         return False
-    if slope is None or intercept is None or len(slope) != 1 or len(intercept) != 1:
+    slope, intercept = found
+    if slope is None or intercept is None:
         notes.append("rescale ignored (Rescale Slope and Intercept must both be single numbers)")
         return False
-    if not (math.isfinite(slope[0]) and math.isfinite(intercept[0])) or slope[0] == 0:
-        notes.append(f"rescale slope {slope[0]:g} intercept {intercept[0]:g} ignored (not finite, or slope 0)")
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        notes.append(f"rescale slope {slope:g} intercept {intercept:g} ignored (not finite, or slope 0)")
         return False
-    notes.append(f"rescale slope {slope[0]:g} intercept {intercept[0]:g}")
+    notes.append(f"rescale slope {slope:g} intercept {intercept:g}")
     return True
 
 
@@ -685,15 +698,11 @@ def _padding_pixels(stored: np.ndarray, ds: Dataset, notes: list[str]) -> np.nda
     would be one: a value that names no padding)."""
     if "PixelPaddingValue" not in ds:
         return None
-    try:
-        value, limit = numbers(ds, "PixelPaddingValue"), numbers(ds, "PixelPaddingRangeLimit")
-    except InputError as exc:
-        notes.append(f"pixel padding ignored ({exc})")
+    found = _single_numbers(ds, ("PixelPaddingValue", "PixelPaddingRangeLimit"), "pixel padding", notes)
+    if found is None or found[0] is None:
         return None
-    if not value or len(value) != 1 or (limit is not None and len(limit) != 1):
-        notes.append("pixel padding ignored (Pixel Padding Value or Range Limit is not one number)")
-        return None
-    low, high = sorted((value[0], limit[0])) if limit else (value[0], value[0])
+    value, limit = found
+    low, high = sorted((value, value if limit is None else limit))
     padding = (stored >= low) & (stored <= high)
     count = int(padding.sum())
     if count == 0:

@@ -4,7 +4,8 @@ A PACS's CR and DX series hold hands, knees, spines and lateral chests beside th
 segments. :func:`header_view` reads the header's evidence, in order of trust:
 
 * the body part: Body Part Examined (0018,0015), then the Anatomic Region Sequence (0008,2218), then the series and
-  the study descriptions;
+  the study descriptions, and last Image Laterality (0020,0062): L or R names one side of a paired body part (a
+  hand, a knee, a breast), where a chest is U, B or nothing;
 * the view: View Position (0018,5101), then the View Code Sequence (0054,0220), then Patient Orientation
   (0020,0020: a lateral view has A or P along one of the image's axes), then the series description.
 
@@ -79,6 +80,9 @@ def _body_part(ds: Dataset) -> tuple[str, str]:
             return FRONTAL, f"{name} {text}"
         if words & _OTHER_PARTS:
             return NOT_CHEST, f"{name} {text}"
+    laterality = _text(ds, "ImageLaterality").upper()
+    if laterality in ("L", "R"):
+        return NOT_CHEST, f"Image Laterality {laterality} (one side of a paired body part)"
     return UNKNOWN, ""
 
 

@@ -193,7 +193,6 @@ class LungShapeScored(MapTransform):
         keys: keys of channel-first lung probability maps on the network's grid (after :class:`KeepLungProbabilityd`).
         threshold: the probability from which a pixel is lung.
         score_key: the item key of the distance.
-        quality_key: the item key of the mask's quality score (:class:`KeepLungProbabilityd`'s ``score_key``).
         model: the shape model file (default: the bundle's ``models/lung_shape.npz``).
         allow_missing_keys: don't raise when a key is absent.
     """
@@ -203,13 +202,12 @@ class LungShapeScored(MapTransform):
         keys: KeysCollection,
         threshold: float = 0.5,
         score_key: str = "lung_shape",
-        quality_key: str = "qc_score",
         model: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = threshold
-        self.score_key, self.quality_key = score_key, quality_key
+        self.score_key = score_key
         path = model or SHAPE_MODEL_FILE
         try:
             self.model = LungShapeModel.load(path)
@@ -222,8 +220,7 @@ class LungShapeScored(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            lung = convert_to_numpy(d[key])[0] >= self.threshold
-            verdict, distance, evidence = self.model.judge(lung, float(d.get(self.quality_key, 1.0)))
+            verdict, distance, evidence = self.model.judge(convert_to_numpy(d[key])[0] >= self.threshold)
             d[self.score_key] = round(distance, 3) if np.isfinite(distance) else None
             d[self.score_key + "_verdict"], d[self.score_key + "_evidence"] = verdict, evidence
         return d
