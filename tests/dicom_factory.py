@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -183,8 +184,10 @@ def encode_jpeg_lossless(pixels: np.ndarray, precision: int) -> bytes:
 
 
 def compressed(ds: Dataset, syntax: str) -> Dataset:
-    """``ds`` compressed with pydicom's encoders (RLE Lossless, JPEG-LS, JPEG 2000), keeping its UIDs."""
-    ds.compress(syntax, generate_instance_uid=False)
+    """``ds`` compressed with pydicom's encoders (RLE Lossless, JPEG-LS, JPEG 2000), keeping its UIDs: pydicom's own
+    RLE encoder, pyjpegls, pylibjpeg (GDCM, if installed, would be tried first, and aborts on some hostile pixels)."""
+    plugins = {pydicom.uid.RLELossless: "pydicom", **dict.fromkeys(pydicom.uid.JPEGLSTransferSyntaxes, "pyjpegls")}
+    ds.compress(syntax, generate_instance_uid=False, encoding_plugin=plugins.get(syntax, "pylibjpeg"))
     return ds
 
 

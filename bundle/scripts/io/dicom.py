@@ -34,9 +34,11 @@ column spacing]`` in mm and into ``affine``.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import math
 import os
+import pickle
 import zlib
 from collections.abc import Sequence
 
@@ -720,25 +722,53 @@ def decode_with_gdcm(ds: Dataset, failure: BaseException) -> np.ndarray:
     installed: 12-bit JPEG Extended (process 4), which pylibjpeg's libjpeg rejects in files whose scan header other
     decoders accept, and which pydicom does not hand to GDCM.
 
+    GDCM runs in a child process of its own (``fork``): on some corrupt codestreams it aborts the process it runs in,
+    and one file must not stop a run.
+
     Raises:
-        InputError: GDCM is not installed or cannot decode it either; the message says what pydicom's decoders said
-            and what to install.
+        InputError: GDCM is not installed, or cannot decode the file either; the message says what pydicom's decoders
+            said and what to install.
     """
     reason = f"cannot decode pixel data ({describe_dicom(ds)}): {first_line(failure)}"
     path = getattr(ds, "filename", None)
-    samples = _whole_number(ds, "SamplesPerPixel") or 1
-    try:
-        import gdcm
-    except ImportError:
+    if importlib.util.find_spec("gdcm") is None:
         raise InputError(f"{reason}; GDCM may decode it: pip install python-gdcm") from failure
-    if not isinstance(path, str) or not os.path.isfile(path) or samples != 1:
+    if not isinstance(path, str) or not os.path.isfile(path) or (_whole_number(ds, "SamplesPerPixel") or 1) != 1:
         raise InputError(reason) from failure
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: decode, send the array (or why not) back, and end without any clean-up of the parent's
+        os.close(read)
+        try:
+            message = pickle.dumps(_gdcm_stored_values(path))
+        except BaseException as exc:  # noqa: B036 -- anything GDCM raises goes back as the reason
+            message = pickle.dumps(f"{type(exc).__name__}: {first_line(exc)}")
+        with os.fdopen(write, "wb") as pipe:
+            pipe.write(message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read()
+    _, status = os.waitpid(child, 0)
+    found = pickle.loads(message) if message else f"GDCM stopped (exit status {status})"
+    if isinstance(found, str):
+        raise InputError(f"{reason}; GDCM cannot decode it either ({found})") from failure
+    rows, columns = _whole_number(ds, "Rows"), _whole_number(ds, "Columns")
+    if found.shape != (rows, columns):
+        raise InputError(f"{reason}; GDCM decodes it to {found.shape}, not Rows x Columns {rows} x {columns}")
+    return found
+
+
+def _gdcm_stored_values(path: str) -> np.ndarray | str:
+    """GDCM's decoding of a single-frame grey DICOM file: its stored values, or why it failed."""
+    import gdcm
+
     for switch_off in (gdcm.Trace.WarningOff, gdcm.Trace.ErrorOff, gdcm.Trace.DebugOff):
         switch_off()  # GDCM prints to the console; the report says what happened
     reader = gdcm.ImageReader()
     reader.SetFileName(path)
     if not reader.Read():
-        raise InputError(f"{reason}; GDCM cannot read it either") from failure
+        return "it cannot read the file"
     image = reader.GetImage()
     dtypes = {
         gdcm.PixelFormat.UINT8: np.uint8,
@@ -753,8 +783,27 @@ def decode_with_gdcm(ds: Dataset, failure: BaseException) -> np.ndarray:
     buffer = image.GetBuffer()
     data = buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else bytes(buffer or b"")
     if dtype is None or len(data) != rows * columns * np.dtype(dtype).itemsize:
-        raise InputError(f"{reason}; GDCM decodes it to {len(data)} bytes, not {rows} x {columns} pixels") from failure
+        return f"it decodes to {len(data)} bytes, not {rows} x {columns} pixels"
     return np.frombuffer(data, dtype).reshape(rows, columns).copy()
+
+
+def _keep_gdcm_out_of_pydicom() -> None:
+    """``python-gdcm`` is installed for :func:`decode_with_gdcm` alone. pydicom would otherwise try it first for JPEG
+    pixel data (and encode RLE with it), and GDCM aborts the process it runs in on some corrupt data (found by the
+    fuzz suite): pydicom keeps the decoders and encoders it had without it."""
+    try:
+        from pydicom.pixels import get_decoder, get_encoder
+    except ImportError:  # pydicom 2.4 (MONAI Label's environment), where GDCM is not installed
+        return
+    for uid in pydicom.uid.AllTransferSyntaxes:
+        for get in (get_decoder, get_encoder):
+            try:
+                get(uid).remove_plugin("gdcm")
+            except (NotImplementedError, ValueError):  # no coder for this syntax, or no GDCM plugin in it
+                continue
+
+
+_keep_gdcm_out_of_pydicom()
 
 
 class RadiographDicomReader(ImageReader):
