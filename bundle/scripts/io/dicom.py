@@ -34,6 +34,7 @@ column spacing]`` in mm and into ``affine``.
 from __future__ import annotations
 
 import copy
+import faulthandler
 import importlib.util
 import logging
 import math
@@ -739,6 +740,10 @@ def decode_with_gdcm(ds: Dataset, failure: BaseException) -> np.ndarray:
     child = os.fork()
     if child == 0:  # the child: decode, send the array (or why not) back, and end without any clean-up of the parent's
         os.close(read)
+        faulthandler.disable()  # an abort is the answer here, not a crash to report
+        quiet = os.open(os.devnull, os.O_WRONLY)  # GDCM and its JPEG codecs print to the console; the report says why
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
         try:
             message = pickle.dumps(_gdcm_stored_values(path))
         except BaseException as exc:  # noqa: B036 -- anything GDCM raises goes back as the reason
