@@ -268,6 +268,7 @@ def _bundle_copy(destination: Path, weights: Path | None) -> Path:
 
     shutil.copytree(BUNDLE, destination, ignore=ignored)
     (destination / "models").mkdir()
+    shutil.copy(BUNDLE / "models" / "lung_shape.npz", destination / "models")  # the bundle's own, beside any weights
     if weights is not None:  # in the place and with the settings of shipped release weights
         shutil.copy(weights, destination / "models" / "model.pt")
         settings = json.loads(weights.with_suffix(".json").read_text())

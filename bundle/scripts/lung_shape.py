@@ -7,12 +7,13 @@ places of the frame, and a mask elsewhere, of another outline, or of one lung is
 
 :class:`LungShapeModel` is a principal component model (PCA) of lung masks on a coarse grid (32 x 32, the frame of
 the network's input: after the padding crop, resized), learned from the reference masks of ``kaggle-lungs-512``
-(``tools/fit_lung_shape.py``). A mask's :meth:`~LungShapeModel.distance` is its squared Mahalanobis distance within
-the model's main modes plus its squared distance from them, each divided by its expected value, so a typical chest
-mask scores about 2 and the score grows with how unlike a chest mask it is. The model file holds two thresholds
-measured on chests the model did not learn from (``benchmarks/frontal_chest_check.py``): above ``review_above`` a
-mask is flagged for review; above ``skip_above``, far beyond every intact chest measured, the input is taken for
-something else than a frontal chest and skipped.
+(``benchmarks/frontal_chest_check.py --fit``). A mask's :meth:`~LungShapeModel.distance` is its squared
+Mahalanobis distance within the model's main modes plus its squared distance from them, each divided by its expected
+value, so a typical chest mask scores about 2 and the score grows with how unlike a chest mask it is. The model file
+holds its thresholds, measured on chests the model did not learn from (``benchmarks/frontal_chest_check.py``): above
+``review_above`` a mask is flagged for review; above ``skip_above``, far beyond every intact chest measured, or with
+lungs in less than ``skip_below_fraction`` of the frame, the input is taken for something else than a frontal chest
+and skipped.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ class LungShapeScored(MapTransform):
         except OSError as exc:
             raise FileNotFoundError(
                 f"the lung shape model {path} cannot be read ({exc}): it comes with the bundle (models/); "
-                "tools/fit_lung_shape.py makes it anew"
+                "benchmarks/frontal_chest_check.py --fit makes it anew"
             ) from exc
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
