@@ -22,7 +22,7 @@ from monai.engines.utils import engine_apply_transform
 
 from ..io.dicom import header_from_json, safe_get
 from ..io.errors import RunFault, describe_error, is_input_failure
-from ..io.radiograph_view import NOT_A_FRONTAL_CHEST, taken_as
+from ..io.radiograph_view import LATERAL_VIEWS, NOT_A_FRONTAL_CHEST, taken_as
 from ..lung_shape import DOUBTFUL, NOT_A_CHEST
 from ..lungs import measure_lungs, patient_right_on_image_left
 from ..transforms.image import review_pixels
@@ -34,7 +34,6 @@ from .writers import inside, write_dicom_seg, write_mask_nifti, write_mask_png, 
 __all__ = ["CaseOutputs", "CaseOutputError", "CaseSkippedError"]
 
 logger = logging.getLogger(__name__)
-_LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"}
 
 
 class CaseOutputError(Exception):
@@ -204,7 +203,7 @@ class CaseOutputs:
         with self._step("measuring the lungs"):
             standard = patient_right_on_image_left(str(meta.get("patient_orientation", "")))
             measures = measure_lungs(mask, spacing, standard, self.lung_fraction_range, self.max_side_ratio)
-            if str(safe_get(header, "ViewPosition", "") or "").strip().upper() in _LATERAL_VIEWS:
+            if str(safe_get(header, "ViewPosition", "") or "").strip().upper() in LATERAL_VIEWS:
                 measures["quality_flags"].append("lateral_view")
             score = output.get(self.qc_key, item.get(self.qc_key))  # MONAI's engines put a key transforms add there
             measures["qc_score"] = None if score is None else round(float(score), 4)

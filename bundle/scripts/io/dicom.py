@@ -53,7 +53,7 @@ from pydicom.dataset import Dataset
 
 from .errors import ImageTooLarge, InputError, NotARadiograph, first_line, is_input_failure
 from .files import is_dicom_file, is_part10_file
-from .radiograph_view import FRONTAL, UNKNOWN, header_view
+from .radiograph_view import FRONTAL, NOT_A_FRONTAL_CHEST, UNKNOWN, header_view
 
 try:  # pydicom 3
     from pydicom.encaps import generate_frames
@@ -872,9 +872,6 @@ class RadiographDicomReader(ImageReader):
                 classify_dataset(ds, self.modalities)
             except InputError as exc:
                 raise type(exc)(f"{name}: {exc}", step=exc.step) from exc
-            verdict, evidence = header_view(ds)
-            if self.frontal_chest_only and verdict not in (FRONTAL, UNKNOWN):
-                raise NotARadiograph(f"{name}: not a frontal chest radiograph: {evidence}", step="reading the header")
             datasets.append(ds)
         return datasets if len(datasets) > 1 else datasets[0]
 
@@ -882,18 +879,22 @@ class RadiographDicomReader(ImageReader):
         """Decode the pixels; return ``(array (x, y) or (files, x, y), meta dict)`` (several files: stacked first)."""
         arrays, meta = [], {}
         for ds in img if isinstance(img, (list, tuple)) else [img]:  # a Dataset is iterable: no ensure_tuple
+            name = getattr(ds, "filename", "<dataset>")
+            verdict, evidence = header_view(ds)  # before decoding: a hand is refused without decoding it
+            if self.frontal_chest_only and verdict not in (FRONTAL, UNKNOWN):
+                raise NotARadiograph(f"{name}: {NOT_A_FRONTAL_CHEST}: {evidence}", step="reading the header")
             try:
                 grey, notes = to_display_grey(ds, self.max_pixels)
             except InputError as exc:
-                raise type(exc)(f"{getattr(ds, 'filename', '<dataset>')}: {exc}", step=exc.step) from exc
+                raise type(exc)(f"{name}: {exc}", step=exc.step) from exc
             arrays.append(grey.T)  # (rows, columns) -> MONAI's (x, y) = (columns, rows), as PILReader does
             if not meta:
-                meta = self._meta(ds, grey.shape, notes)
+                meta = self._meta(ds, grey.shape, notes, evidence)
         data = np.stack(arrays, axis=0) if len(arrays) > 1 else arrays[0]
         return data, meta
 
     @staticmethod
-    def _meta(ds: Dataset, shape: tuple[int, int], notes: list[str]) -> dict:
+    def _meta(ds: Dataset, shape: tuple[int, int], notes: list[str], view_evidence: str) -> dict:
         spacing, source = pixel_spacing(ds)
         affine = np.eye(4)
         if spacing is not None:
@@ -909,7 +910,7 @@ class RadiographDicomReader(ImageReader):
             "pixel_processing": "; ".join(notes),
             "modality": str(safe_get(ds, "Modality", "") or "")[:16],
             "patient_orientation": "\\".join(str(v)[:16] for v in ensure_tuple(orientation))[:64],
-            "view_evidence": header_view(ds)[1],
+            "view_evidence": view_evidence,
             "sop_instance_uid": str(safe_get(ds, "SOPInstanceUID", "") or "")[:64],
             "dicom_header": clean_header(ds).to_json(),
             "rows": int(shape[0]),

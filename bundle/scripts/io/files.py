@@ -73,16 +73,20 @@ def _head(path: PathLike) -> bytes:
         return b""
 
 
+def _is_part10(head: bytes) -> bool:
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def is_part10_file(path: PathLike) -> bool:
     """Whether ``path`` is a DICOM Part 10 file: the ``DICM`` marker after the 128-byte preamble."""
-    head = _head(path)
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _is_part10(_head(path))
 
 
 def is_dicom_file(path: PathLike) -> bool:
     """Whether ``path`` is a DICOM file, judged by content: a Part 10 file (:func:`is_part10_file`), or a dataset
     without preamble and file meta information (:func:`is_raw_dataset`)."""
-    return is_part10_file(path) or is_raw_dataset(_head(path))
+    head = _head(path)
+    return _is_part10(head) or is_raw_dataset(head)
 
 
 def sniff_format(path: PathLike) -> str | None:

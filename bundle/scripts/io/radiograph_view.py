@@ -22,7 +22,16 @@ import re
 
 from pydicom.dataset import Dataset
 
-__all__ = ["header_view", "taken_as", "FRONTAL", "NOT_CHEST", "NON_FRONTAL", "UNKNOWN", "NOT_A_FRONTAL_CHEST"]
+__all__ = [
+    "header_view",
+    "taken_as",
+    "LATERAL_VIEWS",
+    "FRONTAL",
+    "NOT_CHEST",
+    "NON_FRONTAL",
+    "UNKNOWN",
+    "NOT_A_FRONTAL_CHEST",
+]
 
 FRONTAL, NOT_CHEST, NON_FRONTAL, UNKNOWN = "frontal chest", "not a chest", "not a frontal view", "unknown"
 # how a skipped input's reason starts when the check skipped it, whichever evidence it went by
@@ -40,7 +49,7 @@ _OTHER_PARTS = {
     "SINUSES", "SKULL", "SPINE", "SSPINE", "TEETH", "THUMB", "TIBIA", "TMJ", "TOE", "TOES", "TSPINE", "WRIST",
     "ZYGOMA",
 }  # fmt: skip
-_LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LATERALE", "SEITLICH"}
+LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LATERALE", "SEITLICH"}
 _OBLIQUE_VIEWS = {"RAO", "LAO", "RPO", "LPO", "OBL", "OBLIQUE"}
 _FRONTAL_VIEWS = {"PA", "AP", "AP SUPINE", "PA ERECT", "AP ERECT", "FRONTAL"}
 
@@ -89,8 +98,8 @@ def _body_part(ds: Dataset) -> tuple[str, str]:
 def _view(ds: Dataset) -> tuple[str, str]:
     """``(FRONTAL or NON_FRONTAL or UNKNOWN, evidence)`` for the view."""
     position = _text(ds, "ViewPosition").upper()
-    if position in _LATERAL_VIEWS | _OBLIQUE_VIEWS:
-        kind = "lateral" if position in _LATERAL_VIEWS else "oblique"
+    if position in LATERAL_VIEWS | _OBLIQUE_VIEWS:
+        kind = "lateral" if position in LATERAL_VIEWS else "oblique"
         return NON_FRONTAL, f"View Position {position} ({kind})"
     if position in _FRONTAL_VIEWS:
         return FRONTAL, f"View Position {position}"
@@ -105,7 +114,7 @@ def _view(ds: Dataset) -> tuple[str, str]:
     if len(directions) == 2 and {"A", "P"} & set(directions) and set(directions) <= set("LRAPHF"):
         return NON_FRONTAL, f"Patient Orientation {orientation} (lateral)"
     series = _text(ds, "SeriesDescription")
-    if _words(series) & (_LATERAL_VIEWS | _OBLIQUE_VIEWS):
+    if _words(series) & (LATERAL_VIEWS | _OBLIQUE_VIEWS):
         return NON_FRONTAL, f"Series Description {series}"
     return UNKNOWN, ""
 

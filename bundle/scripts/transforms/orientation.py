@@ -92,7 +92,8 @@ class UprightRadiographd(MapTransform, InvertibleTransform):
             image = d[key]
             meta = getattr(image, "meta", {})
             k, flip = upright_operation(str(meta.get(self.orientation_key, ""))) or (0, False)
-            image = self.rotations[k](image)  # MONAI records each, so each can be undone
+            if k:  # MONAI records each turn, so each can be undone; an upright image (most) is left as it is
+                image = self.rotations[k](image)
             if flip:
                 image = self.flip(image)
             self.push_transform(image, extra_info={"k": k, "flip": flip})
@@ -106,5 +107,5 @@ class UprightRadiographd(MapTransform, InvertibleTransform):
             image = d[key]
             if info["flip"]:
                 image = self.flip.inverse(image)
-            d[key] = self.rotations[info["k"]].inverse(image)
+            d[key] = self.rotations[info["k"]].inverse(image) if info["k"] else image
         return d
