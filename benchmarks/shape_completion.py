@@ -14,18 +14,20 @@ times, either on every mask or only on masks whose shape distance is above a gat
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import machine
-
-TRAINING_CASES = 602  # the cache holds the split's training cases first, then its 67 validation cases
+from frontal_chest_check import SPLIT
+from monai.metrics import compute_dice
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    """Dice of two 2D boolean masks."""
+    return float(compute_dice(torch.as_tensor(a)[None, None], torch.as_tensor(b)[None, None]))
 
 
 def completed(model, mask: np.ndarray, rounds: int, threshold: float) -> np.ndarray:
@@ -51,9 +53,10 @@ def main() -> None:
     print(machine())
     saved = np.load(args.cache)
     predicted, reference = saved["predicted"], saved["reference"]
-    model = LungShapeModel.fit(reference[:TRAINING_CASES])
+    training_cases = len(json.loads(SPLIT.read_text())["training"])  # the cache holds them first, then the validation
+    model = LungShapeModel.fit(reference[:training_cases])
     review_above = LungShapeModel.load().review_above  # the bundle's flag for review
-    held_out = range(TRAINING_CASES, len(predicted))
+    held_out = range(training_cases, len(predicted))
     base = np.array([dice(predicted[i], reference[i]) for i in held_out])
     distance = np.array([model.distance(predicted[i]) for i in held_out])
     print(f"as drawn: mean {base.mean():.4f}, worst {base.min():.4f}, below 0.93: {(base < 0.93).sum()}")
