@@ -143,7 +143,12 @@ def preprocessing():
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser["model_settings"] = {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "crop_padding": True, "num_classes": 2}
+    parser["model_settings"] = {
+        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "crop_padding": True,
+        "intensity": "histogram",
+        "num_classes": 2,
+    }
     return parser.get_parsed_content("preprocessing")
 
 

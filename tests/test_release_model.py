@@ -105,7 +105,9 @@ def test_training_from_the_bundle_folder_leaves_the_shipped_weights_untouched(tm
 
         shipped.parent.mkdir(exist_ok=True)
         torch.save(VGG16FCN().state_dict(), shipped)
-        write_model_settings(str(shipped), {"image_size": [128, 128], "crop_padding": True, "num_classes": 2})
+        write_model_settings(
+            str(shipped), {"image_size": [128, 128], "crop_padding": True, "intensity": "histogram", "num_classes": 2}
+        )
     shipped_files = ("model.pt", "model.json")  # what an earlier training left in models/ may change
     before = {name: sha256(bundle / "models" / name) for name in shipped_files}
     run_bundle(

@@ -42,7 +42,7 @@ def test_the_model_settings_travel_with_the_weights(trained_model):
 
     written = json.loads((trained_model["models"] / "model_trained.json").read_text())
     assert written.pop("sha256") == file_sha256(str(trained_model["weights"]))
-    assert written == {"image_size": [96, 96], "crop_padding": True, "num_classes": 2}
+    assert written == {"image_size": [96, 96], "crop_padding": True, "intensity": "histogram", "num_classes": 2}
     assert trained_settings(str(trained_model["weights"])) == written
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     assert recipe["image_size"] != written["image_size"]  # the check above is not the default by chance

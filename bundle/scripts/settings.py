@@ -4,10 +4,12 @@
   ``monai.bundle run ... --write_seg false`` passes the string ``"false"``, which Python would take as true. The
   components that take a switch read it with it; no config reads one in an expression. :func:`amp_enabled` reads
   the engines' ``amp`` (``"auto"``: where CUDA is).
-* :func:`trained_settings`: the input size, padding crop and number of classes a model was trained with travel with
-  its weights, in ``model.json`` beside ``model.pt`` (written by training, :func:`write_model_settings`), so that
-  inference and evaluation run a model at the size it was trained at without being told. Weights without that file
-  get the recipe of ``configs/train.json``, the one place where its defaults are written.
+* :func:`trained_settings`: the input size, padding crop, intensity normalisation and number of classes a model was
+  trained with travel with its weights, in ``model.json`` beside ``model.pt`` (written by training,
+  :func:`write_model_settings`), so that inference and evaluation run a model on the input it was trained on without
+  being told. Weights without that file get the recipe of ``configs/train.json``, the one place where its defaults
+  are written; a ``model.json`` written before the bundle recorded the intensity normalisation (0.10 and earlier)
+  means ``"range"``, the only one there was.
 * ``model.json`` also records the SHA-256 of its weights file, which the bundle's loader checks
   (:func:`scripts.io.weights.load_weights`).
 """
@@ -28,6 +30,8 @@ __all__ = [
     "ON_WORDS",
     "OFF_WORDS",
     "MODEL_SETTINGS",
+    "INTENSITY_NORMALISATIONS",
+    "intensity_setting",
     "trained_settings",
     "write_model_settings",
 ]
@@ -35,7 +39,11 @@ __all__ = [
 # the training recipe of this bundle, beside the scripts folder wherever the bundle is copied
 _RECIPE = Path(__file__).resolve().parents[1] / "configs" / "train.json"
 # what a model needs at inference that its state dict does not say
-MODEL_SETTINGS = ("image_size", "crop_padding", "num_classes")
+MODEL_SETTINGS = ("image_size", "crop_padding", "intensity", "num_classes")
+# how a model's input intensities may be normalised (scripts.transforms.image.NormaliseModelIntensityd)
+INTENSITY_NORMALISATIONS = ("range", "histogram")
+# what a model.json that does not name a setting means: the bundle wrote it before the setting existed
+_BEFORE_RECORDED = {"intensity": "range"}
 
 
 def amp_enabled(amp: bool | int | str | None) -> bool:
@@ -53,6 +61,7 @@ def write_model_settings(weights: str, settings: dict) -> str:
     atomically, beside it."""
     values = {key: settings[key] for key in MODEL_SETTINGS}
     values["crop_padding"] = is_on(values["crop_padding"])
+    values["intensity"] = intensity_setting(values["intensity"])
     values["sha256"] = file_sha256(weights)
     text = json.dumps(values, indent=4) + "\n"
 
@@ -61,6 +70,14 @@ def write_model_settings(weights: str, settings: dict) -> str:
             f.write(text)
 
     return atomic_write(settings_file(weights), write)
+
+
+def intensity_setting(value: str) -> str:
+    """A model's ``intensity`` normalisation as the transforms name it (lower case), refused when unknown."""
+    name = str(value).strip().lower()
+    if name not in INTENSITY_NORMALISATIONS:
+        raise ValueError(f"unknown intensity {value!r}; use one of {', '.join(INTENSITY_NORMALISATIONS)}.")
+    return name
 
 
 def trained_settings(weights: str) -> dict:
@@ -72,17 +89,20 @@ def trained_settings(weights: str) -> dict:
         weights: the weights file (``--ckpt_path``).
 
     Returns:
-        ``{"image_size": [x, y], "crop_padding": bool, "num_classes": int}``.
+        ``{"image_size": [x, y], "crop_padding": bool, "intensity": str, "num_classes": int}``.
     """
     path = settings_file(weights)
     source = path if os.path.isfile(path) else str(_RECIPE)
     with open(source) as f:
         found = json.load(f)
+    if source == path:
+        found = {**_BEFORE_RECORDED, **found}
     missing = [key for key in MODEL_SETTINGS if key not in found]
     if missing:
         raise ValueError(f"{source} does not say the model's {', '.join(missing)}")
     return {
         "image_size": list(found["image_size"]),
         "crop_padding": is_on(found["crop_padding"]),
+        "intensity": intensity_setting(found["intensity"]),
         "num_classes": int(found["num_classes"]),
     }

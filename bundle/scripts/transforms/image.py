@@ -1,7 +1,7 @@
 """Image and label transforms for chest radiographs that MONAI does not provide as such: a mask resampled onto its
 image's grid, blank images refused, the selector with which MONAI's ``CropForegroundd`` crops the padding around a
-radiograph, intensity scaling to [0, 1] done after the resize, and the small 8-bit copy of the image on which batch
-inference draws its overlay."""
+radiograph, intensity scaling to [0, 1] done after the resize, the model's intensity normalisation, and the small
+8-bit copy of the image on which batch inference draws its overlay."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Resize
+from monai.transforms import HistogramNormalize, MapTransform, Resize
 from PIL import Image
 
 from ..io.errors import NotARadiograph
-from ..settings import is_on
+from ..settings import intensity_setting, is_on
 
 __all__ = [
     "ResizeToMatchd",
@@ -23,6 +23,7 @@ __all__ = [
     "ReviewImaged",
     "RecordIntensityRanged",
     "ScaleRecordedIntensityd",
+    "NormaliseModelIntensityd",
     "review_pixels",
     "value_range",
     "above_minimum",
@@ -201,6 +202,37 @@ class ScaleRecordedIntensityd(MapTransform):
                 d[key] = image * self.minv
             else:
                 d[key] = (image - low) / (high - low) * (self.maxv - self.minv) + self.minv
+        return d
+
+
+class NormaliseModelIntensityd(MapTransform):
+    """Normalise an image already scaled to [0, 1] the way its model was trained (the model setting ``intensity``).
+
+    * ``"range"``: left as it is, each image's grey range at [0, 1] (the models of bundle 0.10 and earlier).
+    * ``"histogram"``: equalised with MONAI's ``HistogramNormalize`` (256 bins, back to [0, 1]). The grey level of
+      the lungs differs between hospitals (their median at 0.60 of the range in Shenzhen's radiographs, 0.27 in
+      Montgomery's); after equalisation a grey level says how much of the image is darker, which moves less between
+      hospitals (0.34 and 0.27), and a model trained on one hospital transfers better to the other
+      (benchmarks/README.md, "Screens").
+
+    Args:
+        keys: the image keys.
+        intensity: ``"range"`` or ``"histogram"`` (:data:`scripts.settings.INTENSITY_NORMALISATIONS`), in any case.
+
+    Raises:
+        ValueError: another ``intensity``.
+    """
+
+    def __init__(self, keys: KeysCollection, intensity: str = "range", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.intensity = intensity_setting(intensity)
+        self.equalise = HistogramNormalize(num_bins=256, min=0, max=1) if self.intensity == "histogram" else None
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.equalise is not None:
+            for key in self.key_iterator(d):
+                d[key] = self.equalise(d[key])
         return d
 
 
