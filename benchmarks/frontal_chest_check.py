@@ -95,11 +95,13 @@ def cases() -> list[dict]:
 
 
 def fit(cache: Path) -> None:
+    from scripts.io.weights import file_sha256
     from scripts.lung_shape import SHAPE_MODEL_FILE, LungShapeModel
 
     predict, truth = pipeline()
-    if cache.is_file():
-        saved = np.load(cache)
+    weights = file_sha256(str(BUNDLE / "models" / "model.pt"))  # the cache holds this model's masks, no other's
+    saved = np.load(cache) if cache.is_file() else {}
+    if "weights" in saved and str(saved["weights"]) == weights:
         predicted, reference, real, quality = saved["predicted"], saved["reference"], saved["real"], saved["quality"]
     else:
         items = cases()
@@ -111,7 +113,9 @@ def fit(cache: Path) -> None:
         real = np.stack([m for m, _ in found[len(items) :]]) if real_images else np.zeros((0, 1, 1), bool)
         reference = np.stack([truth(c["image"], c["label"]) for c in items])
         print(f"{len(found)} predictions in {time.perf_counter() - start:.0f} s")
-        np.savez_compressed(cache, predicted=predicted, reference=reference, real=real, quality=quality)
+        np.savez_compressed(
+            cache, predicted=predicted, reference=reference, real=real, quality=quality, weights=np.array(weights)
+        )
     folds = np.arange(len(predicted)) % 5
     held_out = np.zeros(len(predicted))
     real_scores = []
@@ -268,7 +272,12 @@ def challenge(real: Path | None, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fit", action="store_true", help="fit the shape model and its thresholds, and write it")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lung_shape_masks.npz")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "lung_shape_masks.npz",
+        help="the release model's masks, kept for the next --fit (made again when the weights change)",
+    )
     parser.add_argument("--real", type=Path, default=None, help="a folder of real non-chest radiographs")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each setting for the cost")
     args = parser.parse_args()
