@@ -54,6 +54,10 @@ def test_the_setting_travels_with_the_weights_and_old_files_mean_range(tmp_path)
     del written["intensity"]
     (tmp_path / "model.json").write_text(json.dumps(written))
     assert trained_settings(str(weights))["intensity"] == "range"
+    # a file that names an unknown normalisation stops the run with its path
+    (tmp_path / "model.json").write_text(json.dumps({**written, "intensity": "clahe"}))
+    with pytest.raises(ValueError, match=r"model\.json: unknown intensity 'clahe'"):
+        trained_settings(str(weights))
     # weights with no model.json: the recipe's default
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     assert trained_settings(str(tmp_path / "other.pt"))["intensity"] == recipe["intensity"] == "histogram"

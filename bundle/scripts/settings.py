@@ -100,9 +100,13 @@ def trained_settings(weights: str) -> dict:
     missing = [key for key in MODEL_SETTINGS if key not in found]
     if missing:
         raise ValueError(f"{source} does not say the model's {', '.join(missing)}")
+    try:
+        intensity = intensity_setting(found["intensity"])
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     return {
         "image_size": list(found["image_size"]),
         "crop_padding": is_on(found["crop_padding"]),
-        "intensity": intensity_setting(found["intensity"]),
+        "intensity": intensity,
         "num_classes": int(found["num_classes"]),
     }
