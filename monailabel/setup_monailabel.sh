@@ -55,5 +55,12 @@ from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: F401
 print(f"monailabel {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, "
       f"torchvision {torchvision.__version__}, numpy {numpy.__version__}, pydicom {pydicom.__version__}")
 EOF
+# both environments install the same torch wheel (about 5 GB of CUDA libraries): where the bundle's .venv is beside this
+# one, identical files become hard links, so the second copy costs no disk (pip replaces a file rather than writing into
+# it, so upgrading either environment later leaves the other as it was)
+BUNDLE_SITE="$(echo "$REPO"/.venv/lib/python3*/site-packages)"
+if command -v hardlink >/dev/null && [ -d "$BUNDLE_SITE" ]; then
+    hardlink -q -t -s 1M "$BUNDLE_SITE" "$VENV"/lib/python3*/site-packages || echo "hardlink failed: environments kept as copies" >&2
+fi
 echo "$wanted" > "$STAMP"
 echo "MONAI Label environment ready in $(( $(date +%s) - start )) s: $VENV ($(du -sh "$VENV" | cut -f1))"
