@@ -63,4 +63,6 @@ if command -v hardlink >/dev/null && [ -d "$BUNDLE_SITE" ]; then
     hardlink -q -t -s 1M "$BUNDLE_SITE" "$VENV"/lib/python3*/site-packages || echo "hardlink failed: environments kept as copies" >&2
 fi
 echo "$wanted" > "$STAMP"
-echo "MONAI Label environment ready in $(( $(date +%s) - start )) s: $VENV ($(du -sh "$VENV" | cut -f1))"
+# du counts a file linked into both environments once, under the first folder it is given
+echo "MONAI Label environment ready in $(( $(date +%s) - start )) s: $VENV" \
+    "($(du -shc "$REPO/.venv" "$VENV" 2>/dev/null | sed -n 2p | cut -f1) beside .venv)"
