@@ -135,7 +135,7 @@ def train_tiny_model(
         "--output_dir",
         str(workdir / "eval"),
         "--image_size",
-        f"[{image_size},{image_size}]",
+        str(image_size),  # one number, a square, as users type it (test_training checks model.json has both sides)
         "--max_epochs",
         str(epochs),
         "--num_workers",

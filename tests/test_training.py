@@ -35,8 +35,8 @@ def test_training_writes_a_plain_state_dict_and_learns(trained_model):
 @pytest.mark.slow
 def test_the_model_settings_travel_with_the_weights(trained_model):
     """Training writes the settings the model was trained with beside its weights; inference reads them from there,
-    so the model runs at its own size without being told (``trained_model`` was trained at 96 x 96, the recipe's
-    default is 128 x 128)."""
+    so the model runs at its own size without being told (``trained_model`` was trained with ``--image_size 96``, one
+    number for a square; the recipe's default is 128 x 128)."""
     from scripts.io.weights import file_sha256
     from scripts.settings import trained_settings
 
@@ -46,6 +46,27 @@ def test_the_model_settings_travel_with_the_weights(trained_model):
     assert trained_settings(str(trained_model["weights"])) == written
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     assert recipe["image_size"] != written["image_size"]  # the check above is not the default by chance
+
+
+def test_an_image_size_is_one_number_or_two_and_anything_else_is_refused(tmp_path):
+    """``--image_size 224`` means 224 x 224 (MONAI's ``Resized`` alone would fail on it deep in the first batch), two
+    numbers are kept, and a hand-written ``model.json`` with one number reads the same; anything else is refused with
+    the value."""
+    from scripts.settings import image_size_setting, trained_settings
+
+    assert image_size_setting(224) == image_size_setting("224") == image_size_setting(" 224 ") == [224, 224]
+    assert image_size_setting([224, 256]) == image_size_setting("[224,256]") == image_size_setting("224, 256")
+    assert image_size_setting(["160", "192"]) == [160, 192]
+    for wrong in (0, -5, 2.5, "abc", "[]", [1, 2, 3], None):
+        with pytest.raises(ValueError, match=re.escape(repr(wrong))):
+            image_size_setting(wrong)
+    weights = tmp_path / "model.pt"
+    settings = {"image_size": 160, "crop_padding": True, "intensity": "histogram", "num_classes": 2}
+    (tmp_path / "model.json").write_text(json.dumps(settings))
+    assert trained_settings(str(weights))["image_size"] == [160, 160]
+    (tmp_path / "model.json").write_text(json.dumps({**settings, "image_size": "big"}))
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'model.json'))}: image_size must be"):
+        trained_settings(str(weights))
 
 
 @pytest.mark.slow

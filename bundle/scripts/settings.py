@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 from .io.files import atomic_write
 from .io.switches import OFF_WORDS, ON_WORDS, is_on
@@ -31,6 +32,7 @@ __all__ = [
     "OFF_WORDS",
     "MODEL_SETTINGS",
     "INTENSITY_NORMALISATIONS",
+    "image_size_setting",
     "intensity_setting",
     "trained_settings",
     "write_model_settings",
@@ -60,6 +62,7 @@ def write_model_settings(weights: str, settings: dict) -> str:
     """Write the settings the model in ``weights`` was trained with (:data:`MODEL_SETTINGS`) and the file's SHA-256,
     atomically, beside it."""
     values = {key: settings[key] for key in MODEL_SETTINGS}
+    values["image_size"] = image_size_setting(values["image_size"])
     values["crop_padding"] = is_on(values["crop_padding"])
     values["intensity"] = intensity_setting(values["intensity"])
     values["sha256"] = file_sha256(weights)
@@ -70,6 +73,30 @@ def write_model_settings(weights: str, settings: dict) -> str:
             f.write(text)
 
     return atomic_write(settings_file(weights), write)
+
+
+def image_size_setting(value: int | str | Sequence[int | str]) -> list[int]:
+    """A model's input ``image_size`` as ``[x, y]``: one number is a square, as users type it on the command line
+    (``--image_size 224``; MONAI's ``Resized`` needs a size per dimension), or two (``--image_size "[224,256]"``).
+
+    Raises:
+        ValueError: anything but one or two positive whole numbers, with the value as given.
+    """
+    sizes = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if isinstance(value, str) and "," in value:
+        sizes = value.strip().strip("[]()").split(",")
+    try:
+        numbers = [int(str(size).strip()) for size in sizes]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2 or min(numbers) < 1:
+        raise ValueError(
+            f'image_size must be one positive whole number (a square) or two, e.g. 224 or "[224,256]"; '
+            f"got {value!r}."
+        )
+    return numbers
 
 
 def intensity_setting(value: str) -> str:
@@ -102,10 +129,11 @@ def trained_settings(weights: str) -> dict:
         raise ValueError(f"{source} does not say the model's {', '.join(missing)}")
     try:
         intensity = intensity_setting(found["intensity"])
+        image_size = image_size_setting(found["image_size"])
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
     return {
-        "image_size": list(found["image_size"]),
+        "image_size": image_size,
         "crop_padding": is_on(found["crop_padding"]),
         "intensity": intensity,
         "num_classes": int(found["num_classes"]),
