@@ -107,7 +107,7 @@ def test_progressive_resizing_shrinks_the_early_batches_only():
         shapes.setdefault(engine.state.epoch, set()).add(tuple(batch["image"].shape))
 
     engine = Engine(step)
-    ProgressiveResizing(early_size=(24, 24), early_fraction=0.5).attach(engine)
+    ProgressiveResizing(early_size="24", early_fraction=0.5).attach(engine)  # as typed: one number, a square
     batches = [
         {"image": MetaTensor(torch.rand(2, 1, 32, 32)), "label": MetaTensor((torch.rand(2, 1, 32, 32) > 0.5).float())}
         for _ in range(3)
@@ -116,6 +116,8 @@ def test_progressive_resizing_shrinks_the_early_batches_only():
     assert shapes == {1: {(2, 1, 24, 24)}, 2: {(2, 1, 24, 24)}, 3: {(2, 1, 32, 32)}, 4: {(2, 1, 32, 32)}}
     with pytest.raises(ValueError, match="early_fraction"):
         ProgressiveResizing((24, 24), early_fraction=1.0)
+    with pytest.raises(ValueError, match="image_size must be"):
+        ProgressiveResizing("small", early_fraction=0.5)
 
 
 def test_training_takes_plain_tensors_from_a_monai_batch():

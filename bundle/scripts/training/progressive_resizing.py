@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
+from ..settings import image_size_setting
+
 __all__ = ["ProgressiveResizing"]
 
 
@@ -23,18 +25,23 @@ class ProgressiveResizing:
     """Resize every training batch to ``early_size`` during the first ``early_fraction`` of the epochs.
 
     Args:
-        early_size: the spatial size of the early epochs' images and labels.
+        early_size: the spatial size of the early epochs' images and labels: one number (a square) or two, read as
+            ``image_size`` is (:func:`scripts.settings.image_size_setting`).
         early_fraction: the fraction of ``max_epochs`` trained at ``early_size`` (rounded to whole epochs); 0: off.
         image_key: the batch key of the images, resized with area averaging.
         label_key: the batch key of the labels, resized with nearest-neighbour sampling (labels stay 0/1).
     """
 
     def __init__(
-        self, early_size: Sequence[int], early_fraction: float = 0.0, image_key: str = "image", label_key: str = "label"
+        self,
+        early_size: int | str | Sequence[int],
+        early_fraction: float = 0.0,
+        image_key: str = "image",
+        label_key: str = "label",
     ) -> None:
         if not 0.0 <= float(early_fraction) < 1.0:
             raise ValueError(f"early_fraction must be in [0, 1); got {early_fraction!r}.")
-        self.early_size = tuple(int(s) for s in early_size)
+        self.early_size = tuple(image_size_setting(early_size))
         self.early_fraction = float(early_fraction)
         self.image_key = image_key
         self.label_key = label_key
