@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .io.files import atomic_write
 from .io.switches import OFF_WORDS, ON_WORDS, is_on
