@@ -164,12 +164,13 @@ def main() -> None:
     if args.score_training:
         trained_on = os.path.join(workdir, "datalist_training.json")
         with open(trained_on, "w") as f:
-            json.dump({"training": [], "test": train}, f, indent=2)
+            # cases already scored above (every one in `seen`) are not run through the network again
+            json.dump({"training": [], "test": [c for c in train if c not in scored]}, f, indent=2)
         fit = read_metric(
             evaluate(trained_on, model, f"{workdir}/eval_training", training_input_settings(train_configs, overrides)),
             "dice",
         )
-        fit.update(dice)  # a case both trained on and scored is scored once
+        fit.update(dice)
         for source in sorted({image_source(name) for name in fit}):
             values = [v for name, v in fit.items() if image_source(name) == source]
             print(f"{source}, every case trained on or scored: {summary(values)}")
